@@ -415,7 +415,7 @@ mod tests {
         let mut conn = ServerConnection::new(Limits::default());
         let mut buf = BytesMut::new();
         let mut ev = Vec::new();
-        for b in wire.iter() {
+        for b in &wire {
             buf.extend_from_slice(&[*b]);
             ev.extend(all_events(&mut conn, &mut buf).unwrap());
         }

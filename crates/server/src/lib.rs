@@ -1,1 +1,29 @@
-//! placeholder
+//! pyfcgi's FastCGI server: everything between a socket and a [`Handler`].
+//!
+//! * [`handler`]: the [`Handler`] trait and the request/response types a handler sees: params,
+//!   a streaming [`BodyReceiver`], a [`ResponseWriter`] with backpressure, an [`AbortSignal`].
+//! * [`body`]: request-body delivery that buffers and spools so a slow handler never stalls
+//!   a connection.
+//! * [`conn`]: drives one connection (any `AsyncRead + AsyncWrite`): decodes records with
+//!   `pyfcgi-proto`, runs requests concurrently, coalesces response records into few writes.
+//! * [`transport`]: where connections come from: TCP, Unix sockets, a listening socket or an
+//!   already-connected stream inherited on standard input.
+//! * [`serve`](mod@serve): the accept loop, connection limits and graceful shutdown.
+//! * [`builtin`]: the built-in `hello`, `echo` and `env` handlers.
+//!
+//! Nothing here knows about Python; the Python layer is one more [`Handler`].
+
+pub mod body;
+pub mod builtin;
+pub mod conn;
+mod error;
+pub mod handler;
+pub mod serve;
+pub mod transport;
+
+pub use error::ServerError;
+pub use handler::{
+    AbortSignal, BodyError, BodyReceiver, Handler, Request, ResponseWriter, WriteError,
+};
+pub use serve::{ServerConfig, serve};
+pub use transport::{Bind, Listener};

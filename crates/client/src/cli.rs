@@ -1,0 +1,764 @@
+//! `pyfcgi request`: send one request (or a few) to a FastCGI responder and print the response,
+//! like curl does for HTTP.
+//!
+//! The binary flattens [`RequestArgs`] into its subcommand and calls [`run`]; on `Err` it
+//! prints [`ClientError::report`] and exits with [`ClientError::exit_code`].
+//!
+//! Exit codes: 0 success; 1 usage, connect or spawn error; 2 protocol error, connection closed
+//! early, invalid CGI response or timeout; 3 the application refused the request
+//! (`FCGI_END_REQUEST` with a protocol status other than `FCGI_REQUEST_COMPLETE`).
+
+use std::io::Write;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::ArgGroup;
+use pyfcgi_proto::ProtocolStatus;
+
+use crate::{Address, ClientError, Connection, Request, Response, Stream};
+#[cfg(unix)]
+use crate::{ChildOutput, Spawned};
+
+/// Management values `--get-values` asks for (spec §4.1).
+const VALUE_NAMES: [&str; 3] = ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"];
+
+/// How long a spawned responder gets to exit after its connection closes.
+const CHILD_GRACE: Duration = Duration::from_secs(5);
+
+/// Arguments of `pyfcgi request`.
+#[derive(Debug, Clone, clap::Args)]
+// Command-line switches are bools by nature.
+#[allow(clippy::struct_excessive_bools)]
+#[command(group(
+    ArgGroup::new("responder")
+        .required(true)
+        .args(["connect", "spawn", "spawn_listen"])
+))]
+pub struct RequestArgs {
+    /// Connect to a running responder: tcp:HOST:PORT, HOST:PORT (IPv6 in brackets) or unix:PATH.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: Option<String>,
+
+    /// Start the responder given after `--` as IIS does: its stdin is a connected socket, and
+    /// every request is sent on that one kept connection.
+    #[arg(long)]
+    pub spawn: bool,
+
+    /// Start the responder given after `--` with a listening Unix socket as its stdin
+    /// (FCGI_LISTENSOCK_FILENO) and connect to it.
+    #[arg(long)]
+    pub spawn_listen: bool,
+
+    /// HTTP method [default: GET, or POST when a body is given].
+    #[arg(short = 'X', long = "request", value_name = "METHOD")]
+    pub method: Option<String>,
+
+    /// Request header 'Name: value' (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+
+    /// Request body, like curl: DATA, @FILE or @- for stdin (newlines are removed from files
+    /// and stdin; Content-Type defaults to application/x-www-form-urlencoded).
+    #[arg(short = 'd', long, value_name = "DATA", conflicts_with = "data_binary")]
+    pub data: Option<String>,
+
+    /// Request body sent exactly as given: DATA, @FILE or @- for stdin.
+    #[arg(long, value_name = "DATA")]
+    pub data_binary: Option<String>,
+
+    /// Extra FastCGI param NAME=VALUE, replacing a derived one of the same name (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+
+    /// Send the params IIS 10 sends (APPL_PHYSICAL_PATH, APPL_MD_PATH, URL, ...).
+    #[arg(long)]
+    pub iis: bool,
+
+    /// Set FCGI_KEEP_CONN [default for --spawn and --spawn-listen].
+    #[arg(long, overrides_with = "no_keep_conn")]
+    pub keep_conn: bool,
+
+    /// Do not set FCGI_KEEP_CONN [default for --connect]; each repeat opens a new connection.
+    #[arg(long, overrides_with = "keep_conn")]
+    pub no_keep_conn: bool,
+
+    /// Send the request N times, printing each response (tests keep-alive and id cycling).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+
+    /// Seconds to wait for a connection or a response (0: no limit).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub timeout: f64,
+
+    /// Print the responder's FCGI_MAX_CONNS, FCGI_MAX_REQS and FCGI_MPXS_CONNS and exit.
+    #[arg(long)]
+    pub get_values: bool,
+
+    /// Print the status line and headers before the body (the default).
+    #[arg(short = 'i', long)]
+    pub include: bool,
+
+    /// Print only the response body.
+    #[arg(short = 's', long, conflicts_with = "include")]
+    pub body_only: bool,
+
+    /// The request target: /path?query, or a full http://host:port/path?query URL whose host
+    /// and port become SERVER_NAME, SERVER_PORT and HTTP_HOST.
+    #[arg(value_name = "URL", default_value = "/")]
+    pub url: String,
+
+    /// The responder's command line, for --spawn and --spawn-listen.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl RequestArgs {
+    fn keep_conn(&self) -> bool {
+        if self.keep_conn {
+            true
+        } else if self.no_keep_conn {
+            false
+        } else {
+            // IIS always keeps its one connection to a process it started.
+            self.spawn || self.spawn_listen
+        }
+    }
+}
+
+/// Runs `pyfcgi request`, writing responses to `out` and the application's stderr (and
+/// notes) to our stderr. Returns the exit code: 0, or 3 when the application refused a
+/// request; errors carry their own ([`ClientError::exit_code`]).
+pub async fn run(args: RequestArgs, out: &mut impl Write) -> Result<i32, ClientError> {
+    let limit = timeout_from_secs(args.timeout)?;
+    check_usage(&args)?;
+    let request = if args.get_values {
+        None
+    } else {
+        Some(build_request(&args).await?)
+    };
+    let mut session = within(
+        limit,
+        "the responder to accept a connection",
+        Session::open(&args),
+    )
+    .await?;
+    let result = match &request {
+        None => print_values(&mut session, limit, out).await,
+        Some(request) => {
+            send_all(
+                &mut session,
+                request,
+                args.repeat,
+                args.body_only,
+                limit,
+                out,
+            )
+            .await
+        }
+    };
+    session.close(result.is_err()).await;
+    result
+}
+
+fn timeout_from_secs(secs: f64) -> Result<Option<Duration>, ClientError> {
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(secs).map(Some).map_err(|_| {
+        ClientError::Usage(format!(
+            "--timeout {secs} is not a number of seconds; give e.g. --timeout 30 (0: no limit)"
+        ))
+    })
+}
+
+fn check_usage(args: &RequestArgs) -> Result<(), ClientError> {
+    let spawning = args.spawn || args.spawn_listen;
+    if spawning && args.command.is_empty() {
+        return Err(ClientError::Usage(
+            "--spawn and --spawn-listen need the responder's command line after `--`, e.g. \
+             `pyfcgi request --spawn / -- pyfcgi serve app:app`"
+                .to_owned(),
+        ));
+    }
+    if !spawning && !args.command.is_empty() {
+        return Err(ClientError::Usage(format!(
+            "a command after `--` ({}) is only used with --spawn or --spawn-listen",
+            args.command.join(" ")
+        )));
+    }
+    if args.spawn && !args.keep_conn() && args.repeat > 1 {
+        return Err(ClientError::Usage(
+            "--spawn has a single connection, so --repeat needs FCGI_KEEP_CONN: drop \
+             --no-keep-conn or use --spawn-listen"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Awaits `fut`, giving up after `limit`.
+async fn within<T>(
+    limit: Option<Duration>,
+    waiting_for: &'static str,
+    fut: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    match limit {
+        None => fut.await,
+        Some(limit) => {
+            tokio::time::timeout(limit, fut)
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    secs: limit.as_secs_f64(),
+                    waiting_for,
+                })?
+        }
+    }
+}
+
+/// Reads a `-d`/`--data-binary` value: literal, `@FILE` or `@-`.
+async fn load_body(spec: &str, strip_newlines: bool) -> Result<Vec<u8>, ClientError> {
+    let Some(path) = spec.strip_prefix('@') else {
+        return Ok(spec.as_bytes().to_vec());
+    };
+    let read_error = |source| ClientError::ReadBody {
+        path: path.to_owned(),
+        source,
+    };
+    let mut data = if path == "-" {
+        // tokio's stdin needs the `io-std` feature; a blocking read on the blocking pool is
+        // just as good for a one-shot read.
+        tokio::task::spawn_blocking(|| {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut data).map(|_| data)
+        })
+        .await
+        .map_err(|e| read_error(std::io::Error::other(e)))?
+        .map_err(read_error)?
+    } else {
+        tokio::fs::read(path).await.map_err(read_error)?
+    };
+    if strip_newlines {
+        // curl's -d drops CR and LF from file contents.
+        data.retain(|&b| b != b'\r' && b != b'\n');
+    }
+    Ok(data)
+}
+
+async fn build_request(args: &RequestArgs) -> Result<Request, ClientError> {
+    let body = match (&args.data, &args.data_binary) {
+        (Some(data), _) => Some(load_body(data, true).await?),
+        (None, Some(data)) => Some(load_body(data, false).await?),
+        (None, None) => None,
+    };
+    let method = match (&args.method, &body) {
+        (Some(m), _) => m.clone(),
+        (None, Some(_)) => "POST".to_owned(),
+        (None, None) => "GET".to_owned(),
+    };
+    let mut builder = Request::builder(method, args.url.clone())
+        .iis(args.iis)
+        .keep_conn(args.keep_conn());
+    let mut has_content_type = false;
+    for header in &args.headers {
+        let Some((name, value)) = header.split_once(':') else {
+            return Err(ClientError::Usage(format!(
+                "-H {header:?} is not a header: write it as 'Name: value'"
+            )));
+        };
+        has_content_type |= name.trim().eq_ignore_ascii_case("content-type");
+        builder = builder.header(name.trim(), value.trim());
+    }
+    if args.data.is_some() && !has_content_type {
+        builder = builder.header("Content-Type", "application/x-www-form-urlencoded");
+    }
+    if let Some(body) = body {
+        builder = builder.body(Bytes::from(body));
+    }
+    for param in &args.params {
+        match param.split_once('=') {
+            Some((name, value)) if !name.is_empty() => builder = builder.param(name, value),
+            _ => {
+                return Err(ClientError::Usage(format!(
+                    "--param {param:?} is not NAME=VALUE"
+                )));
+            }
+        }
+    }
+    builder.build()
+}
+
+/// The responder we talk to, and the current connection to it.
+struct Session {
+    conn: Option<Connection<Stream>>,
+    /// Set for --connect, to open further connections.
+    address: Option<Address>,
+    #[cfg(unix)]
+    child: Option<Spawned>,
+}
+
+impl Session {
+    async fn open(args: &RequestArgs) -> Result<Self, ClientError> {
+        if let Some(connect) = &args.connect {
+            let address: Address = connect.parse()?;
+            let conn = Connection::new(address.connect().await?);
+            return Ok(Self {
+                conn: Some(conn),
+                address: Some(address),
+                #[cfg(unix)]
+                child: None,
+            });
+        }
+        Self::spawn(args).await
+    }
+
+    #[cfg(unix)]
+    async fn spawn(args: &RequestArgs) -> Result<Self, ClientError> {
+        let (child, conn) = if args.spawn {
+            Spawned::connected(&args.command, ChildOutput::ToStderr).await?
+        } else {
+            Spawned::listening(&args.command, ChildOutput::ToStderr).await?
+        };
+        Ok(Self {
+            conn: Some(conn),
+            address: None,
+            child: Some(child),
+        })
+    }
+
+    #[cfg(not(unix))]
+    async fn spawn(_args: &RequestArgs) -> Result<Self, ClientError> {
+        Err(ClientError::Usage(
+            "--spawn and --spawn-listen are only available on Unix; start the responder \
+             yourself and use --connect"
+                .to_owned(),
+        ))
+    }
+
+    /// The current connection, or a new one when the last was not kept.
+    async fn connection(&mut self) -> Result<&mut Connection<Stream>, ClientError> {
+        if let Some(conn) = self.conn.take_if(|c| c.is_reusable()) {
+            return Ok(self.conn.insert(conn));
+        }
+        self.conn = None;
+        let conn = if let Some(address) = &self.address {
+            Connection::new(address.connect().await?)
+        } else {
+            self.reconnect_child().await?
+        };
+        Ok(self.conn.insert(conn))
+    }
+
+    #[cfg(unix)]
+    async fn reconnect_child(&mut self) -> Result<Connection<Stream>, ClientError> {
+        match &mut self.child {
+            Some(child) => child.connect().await,
+            None => Err(ClientError::ConnectionUnusable(
+                "there is no responder to reconnect to",
+            )),
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn reconnect_child(&mut self) -> Result<Connection<Stream>, ClientError> {
+        Err(ClientError::ConnectionUnusable(
+            "there is no responder to reconnect to",
+        ))
+    }
+
+    /// Closes the connection and stops a spawned responder; after a failure, says whether the
+    /// responder died (the likely cause).
+    async fn close(mut self, failed: bool) {
+        self.conn = None;
+        #[cfg(unix)]
+        if let Some(mut child) = self.child.take() {
+            if failed {
+                if let Some(status) = child.try_wait() {
+                    note(&format!(
+                        "the responder `{}` exited ({status})",
+                        child.command()
+                    ));
+                }
+            }
+            match child.shutdown(CHILD_GRACE).await {
+                Ok(status) if !status.success() && !failed => {
+                    tracing::debug!("responder exited with {status}");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!("stopping the responder: {}", e.report()),
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = failed;
+    }
+}
+
+/// Writes a line to our stderr, ignoring failures (there is nowhere else to report them).
+fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "pyfcgi request: {text}");
+}
+
+async fn print_values(
+    session: &mut Session,
+    limit: Option<Duration>,
+    out: &mut impl Write,
+) -> Result<i32, ClientError> {
+    let conn = session.connection().await?;
+    let values = within(
+        limit,
+        "FCGI_GET_VALUES_RESULT",
+        conn.get_values(&VALUE_NAMES),
+    )
+    .await?;
+    for (name, value) in values.iter() {
+        writeln!(
+            out,
+            "{}={}",
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(value)
+        )
+        .map_err(ClientError::Output)?;
+    }
+    out.flush().map_err(ClientError::Output)?;
+    Ok(0)
+}
+
+async fn send_all(
+    session: &mut Session,
+    request: &Request,
+    repeat: u32,
+    body_only: bool,
+    limit: Option<Duration>,
+    out: &mut impl Write,
+) -> Result<i32, ClientError> {
+    for _ in 0..repeat {
+        let conn = within(
+            limit,
+            "the responder to accept a connection",
+            session.connection(),
+        )
+        .await?;
+        let response = within(limit, "the response", conn.request(request)).await?;
+        let code = print_response(&response, body_only, out)?;
+        if code != 0 {
+            return Ok(code);
+        }
+    }
+    Ok(0)
+}
+
+/// Prints one response; returns 3 for a refused request.
+fn print_response(
+    response: &Response,
+    body_only: bool,
+    out: &mut impl Write,
+) -> Result<i32, ClientError> {
+    if !response.stderr.is_empty() {
+        write_app_stderr(&response.stderr);
+    }
+    if !response.is_complete() {
+        note(&format!(
+            "the application refused the request: {}",
+            describe_refusal(response.protocol_status)
+        ));
+        return Ok(3);
+    }
+    let head = response.head()?;
+    let mut text = Vec::new();
+    if !body_only {
+        text.extend_from_slice(
+            format!("HTTP/1.1 {} {}", head.status, head.reason)
+                .trim_end()
+                .as_bytes(),
+        );
+        text.extend_from_slice(b"\r\n");
+        for (name, value) in &head.headers {
+            text.extend_from_slice(name.as_bytes());
+            text.extend_from_slice(b": ");
+            text.extend_from_slice(value);
+            text.extend_from_slice(b"\r\n");
+        }
+        text.extend_from_slice(b"\r\n");
+    }
+    out.write_all(&text).map_err(ClientError::Output)?;
+    out.write_all(&head.body).map_err(ClientError::Output)?;
+    out.flush().map_err(ClientError::Output)?;
+    Ok(0)
+}
+
+/// Copies the application's FCGI_STDERR to our stderr, each line prefixed.
+fn write_app_stderr(data: &[u8]) {
+    let mut err = std::io::stderr().lock();
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        let _ = err.write_all(b"fastcgi stderr: ");
+        let _ = err.write_all(line);
+    }
+    if !data.ends_with(b"\n") {
+        let _ = err.write_all(b"\n");
+    }
+}
+
+fn describe_refusal(status: ProtocolStatus) -> String {
+    match status {
+        ProtocolStatus::CantMpxConn => "FCGI_CANT_MPX_CONN (it takes one request per connection \
+                                        and another one is active)"
+            .to_owned(),
+        ProtocolStatus::Overloaded => {
+            "FCGI_OVERLOADED (it is out of capacity; retry later or raise its limits)".to_owned()
+        }
+        ProtocolStatus::UnknownRole => {
+            "FCGI_UNKNOWN_ROLE (it does not serve the Responder role)".to_owned()
+        }
+        other => format!("unknown FCGI_END_REQUEST protocol status {}", other.as_u8()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RequestArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<RequestArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("request").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn spawn_takes_the_command_after_double_dash() {
+        let args = parse(&[
+            "--spawn",
+            "-X",
+            "PUT",
+            "/x?y",
+            "--",
+            "pyfcgi",
+            "serve",
+            "--threads",
+            "1",
+        ])
+        .unwrap();
+        assert!(args.spawn);
+        assert_eq!(args.url, "/x?y");
+        assert_eq!(args.command, ["pyfcgi", "serve", "--threads", "1"]);
+        assert!(args.keep_conn());
+        assert_eq!(args.method.as_deref(), Some("PUT"));
+    }
+
+    #[test]
+    fn exactly_one_responder_is_required() {
+        assert!(parse(&["/"]).is_err());
+        assert!(parse(&["--connect", "x:1", "--spawn", "/"]).is_err());
+        let args = parse(&["--connect", "127.0.0.1:9000"]).unwrap();
+        assert_eq!(args.url, "/");
+        assert!(!args.keep_conn());
+        assert_eq!(args.repeat, 1);
+    }
+
+    #[test]
+    fn keep_conn_flags_override_each_other() {
+        let args = parse(&["--spawn-listen", "--no-keep-conn", "--", "x"]).unwrap();
+        assert!(!args.keep_conn());
+        let args = parse(&["--connect", "h:1", "--no-keep-conn", "--keep-conn"]).unwrap();
+        assert!(args.keep_conn());
+        assert!(parse(&["--connect", "h:1", "--repeat", "0"]).is_err());
+    }
+
+    #[test]
+    fn usage_errors_explain_themselves() {
+        let args = parse(&["--spawn"]).unwrap();
+        assert!(
+            check_usage(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("after `--`")
+        );
+        let args = parse(&["--connect", "h:1", "--", "cmd"]).unwrap();
+        assert!(check_usage(&args).is_err());
+        let args = parse(&["--spawn", "--no-keep-conn", "--repeat", "2", "--", "x"]).unwrap();
+        assert!(check_usage(&args).is_err());
+        assert!(timeout_from_secs(-1.0).is_err());
+        assert_eq!(timeout_from_secs(0.0).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn data_makes_a_form_post() {
+        let args = parse(&[
+            "--connect",
+            "h:1",
+            "-d",
+            "a=1",
+            "-H",
+            "X-A: b",
+            "--param",
+            "SCRIPT_NAME=/s",
+            "/p",
+        ])
+        .unwrap();
+        let req = build_request(&args).await.unwrap();
+        assert_eq!(req.param_str("REQUEST_METHOD"), Some("POST"));
+        assert_eq!(
+            req.param_str("CONTENT_TYPE"),
+            Some("application/x-www-form-urlencoded")
+        );
+        assert_eq!(req.param_str("CONTENT_LENGTH"), Some("3"));
+        assert_eq!(req.param_str("HTTP_X_A"), Some("b"));
+        assert_eq!(req.param_str("SCRIPT_NAME"), Some("/s"));
+        assert_eq!(&req.body()[..], b"a=1");
+    }
+
+    #[tokio::test]
+    async fn bad_header_and_param_are_usage_errors() {
+        let args = parse(&["--connect", "h:1", "-H", "nocolon"]).unwrap();
+        assert!(matches!(
+            build_request(&args).await,
+            Err(ClientError::Usage(_))
+        ));
+        let args = parse(&["--connect", "h:1", "--param", "=v"]).unwrap();
+        assert!(matches!(
+            build_request(&args).await,
+            Err(ClientError::Usage(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn data_binary_reads_a_file_exactly() {
+        let path = std::env::temp_dir().join(format!("pyfcgi-client-body-{}", std::process::id()));
+        std::fs::write(&path, b"line1\r\nline2\n").unwrap();
+        let spec = format!("@{}", path.display());
+        assert_eq!(load_body(&spec, false).await.unwrap(), b"line1\r\nline2\n");
+        assert_eq!(load_body(&spec, true).await.unwrap(), b"line1line2");
+        std::fs::remove_file(&path).unwrap();
+        let err = load_body("@/nonexistent/body", false).await.unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/body"));
+    }
+
+    fn complete(stdout: &'static [u8]) -> Response {
+        Response {
+            stdout: Bytes::from_static(stdout),
+            stderr: Bytes::new(),
+            app_status: 0,
+            protocol_status: ProtocolStatus::RequestComplete,
+        }
+    }
+
+    #[test]
+    fn include_mode_prints_an_http_head() {
+        let mut out = Vec::new();
+        let code =
+            print_response(&complete(b"Status: 201\nX-A: 1\n\nbody\0"), false, &mut out).unwrap();
+        assert_eq!(code, 0);
+        assert_eq!(out, b"HTTP/1.1 201 Created\r\nX-A: 1\r\n\r\nbody\0");
+        let mut out = Vec::new();
+        print_response(&complete(b"\r\nonly"), true, &mut out).unwrap();
+        assert_eq!(out, b"only");
+    }
+
+    #[test]
+    fn refusal_exits_with_three_and_bad_head_with_two() {
+        let mut refused = complete(b"");
+        refused.protocol_status = ProtocolStatus::Overloaded;
+        assert_eq!(print_response(&refused, false, &mut Vec::new()).unwrap(), 3);
+        let err = print_response(&complete(b"no head"), false, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn spawned_responder_that_dies_gives_exit_code_two() {
+        let args = parse(&[
+            "--spawn",
+            "--timeout",
+            "10",
+            "/",
+            "--",
+            "/bin/sh",
+            "-c",
+            "exit 0",
+        ])
+        .unwrap();
+        let err = run(args, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{}", err.report());
+    }
+
+    /// A TCP listener serving the fake responder on every connection; returns its address.
+    async fn fake_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(crate::fake_responder::responder(
+                    stream,
+                    crate::fake_responder::Behaviour::Echo,
+                ));
+            }
+        });
+        addr
+    }
+
+    async fn run_ok(argv: &[&str]) -> String {
+        let mut out = Vec::new();
+        let code = run(parse(argv).unwrap(), &mut out).await.unwrap();
+        assert_eq!(code, 0);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn repeat_reconnects_without_keep_conn_and_reuses_with_it() {
+        let addr = fake_server().await;
+        let out = run_ok(&["--connect", &addr, "--repeat", "3", "/x"]).await;
+        assert_eq!(
+            out.matches("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nid=1 ")
+                .count(),
+            3,
+            "{out}"
+        );
+        let out = run_ok(&[
+            "--connect",
+            &addr,
+            "--keep-conn",
+            "--repeat",
+            "3",
+            "-s",
+            "-d",
+            "ab",
+            "/x",
+        ])
+        .await;
+        assert_eq!(
+            out,
+            "id=1 len=2 sum=195id=2 len=2 sum=195id=3 len=2 sum=195"
+        );
+    }
+
+    #[tokio::test]
+    async fn get_values_prints_name_value_lines() {
+        let addr = fake_server().await;
+        let out = run_ok(&["--connect", &addr, "--get-values"]).await;
+        assert_eq!(
+            out,
+            "FCGI_MAX_CONNS=1024\nFCGI_MAX_REQS=131072\nFCGI_MPXS_CONNS=1\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_address_gives_exit_code_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let addr = format!("127.0.0.1:{port}");
+        let args = parse(&["--connect", &addr]).unwrap();
+        let err = run(args, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.exit_code(), 1);
+        assert!(err.report().contains(&addr));
+    }
+}

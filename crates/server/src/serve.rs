@@ -1,0 +1,140 @@
+//! The accept loop: connection limit, one task per connection, graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::ServerError;
+use crate::conn::{ConnConfig, serve_connection};
+use crate::handler::Handler;
+use crate::transport::Listener;
+use crate::transport::unix::Accepted;
+
+/// Server-wide settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Per-connection settings.
+    pub conn: ConnConfig,
+    /// Most connections served at once; further ones wait in the listen backlog.
+    pub max_conns: usize,
+    /// After shutdown is requested, how long in-flight requests may take before the server
+    /// returns anyway.
+    pub graceful_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            conn: ConnConfig::default(),
+            max_conns: 1024,
+            graceful_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How [`serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeOutcome {
+    /// Every connection finished within the grace period.
+    Drained,
+    /// The grace period ran out with connections still open.
+    TimedOut,
+    /// A connected-stream transport (stdin) closed: the web server is done with us.
+    StreamClosed,
+}
+
+/// Accepts connections from `listener` and serves them with `handler` until `shutdown` fires
+/// (or, for an inherited connected stream, until that one connection ends). On shutdown it
+/// stops accepting, lets in-flight requests finish for up to `graceful_timeout`, and returns.
+pub async fn serve<H: Handler>(
+    mut listener: Listener,
+    handler: Arc<H>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<ServeOutcome, ServerError> {
+    let conn_config = Arc::new(config.conn.clone());
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(config.max_conns.max(1)));
+    let connected = listener.is_connected_stream();
+    info!(listen = %listener.describe(), max_conns = config.max_conns, "serving");
+    let mut outcome = None;
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = Arc::clone(&permits).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let accepted = match accepted {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                // The one inherited connection was handed out; wait for it to end.
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = wait_all(&tracker) => outcome = Some(ServeOutcome::StreamClosed),
+                }
+                break;
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handler = Arc::clone(&handler);
+        let cfg = Arc::clone(&conn_config);
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            match accepted {
+                Accepted::Tcp(s, peer) => serve_connection(s, handler, cfg, stop, &peer).await,
+                Accepted::Unix(s, peer) => serve_connection(s, handler, cfg, stop, &peer).await,
+            }
+            drop(permit);
+        });
+    }
+    if let Some(o) = outcome {
+        return Ok(o);
+    }
+    drop(listener);
+    tracker.close();
+    let in_flight = tracker.len();
+    if in_flight > 0 {
+        info!(
+            connections = in_flight,
+            grace_s = config.graceful_timeout.as_secs_f64(),
+            "shutting down: letting in-flight requests finish"
+        );
+    }
+    let drained = tokio::time::timeout(config.graceful_timeout, tracker.wait())
+        .await
+        .is_ok();
+    if drained {
+        debug!("all connections closed");
+        Ok(if connected {
+            ServeOutcome::StreamClosed
+        } else {
+            ServeOutcome::Drained
+        })
+    } else {
+        warn!(
+            connections = tracker.len(),
+            "graceful timeout reached; exiting with requests still in flight"
+        );
+        Ok(ServeOutcome::TimedOut)
+    }
+}
+
+async fn wait_all(tracker: &TaskTracker) {
+    tracker.close();
+    tracker.wait().await;
+}

@@ -1,0 +1,225 @@
+//! Unix transports: TCP and Unix-socket listeners, and sockets inherited on a descriptor.
+
+use std::net::IpAddr;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tracing::{info, warn};
+
+use super::Bind;
+use crate::ServerError;
+
+/// A source of connections.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener and its `FCGI_WEB_SERVER_ADDRS` allow-list (empty = everyone).
+    Tcp(TcpListener, Vec<IpAddr>),
+    /// A Unix-socket listener; `Some(path)` is removed when the listener is dropped.
+    Unix(UnixListener, Option<PathBuf>),
+    /// One already-connected stream: served once, then the server stops.
+    ConnectedUnix(Option<UnixStream>),
+    /// One already-connected TCP stream.
+    ConnectedTcp(Option<TcpStream>),
+}
+
+/// What an accept produced.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A TCP connection and its peer.
+    Tcp(TcpStream, String),
+    /// A Unix-socket connection.
+    Unix(UnixStream, String),
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> ServerError {
+    move |source| ServerError::Io { context, source }
+}
+
+impl Listener {
+    /// Opens the transport `bind` names. `socket_mode` is applied to a new Unix socket file;
+    /// `allow` is the TCP allow-list.
+    pub async fn bind(
+        bind: &Bind,
+        socket_mode: Option<u32>,
+        allow: Vec<IpAddr>,
+    ) -> Result<Self, ServerError> {
+        match bind {
+            Bind::Tcp(addr) => {
+                let l =
+                    TcpListener::bind(addr.as_str())
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            addr: addr.clone(),
+                            source,
+                        })?;
+                Ok(Self::Tcp(l, allow))
+            }
+            Bind::Unix(path) => bind_unix(path, socket_mode),
+            Bind::Fd(fd) => Self::from_fd(*fd, allow),
+        }
+    }
+
+    /// Uses the socket on descriptor `fd`: a listening socket is accepted on, a connected
+    /// stream is served as the only connection.
+    pub fn from_fd(fd: RawFd, allow: Vec<IpAddr>) -> Result<Self, ServerError> {
+        let kind = inspect_fd(fd).ok_or(ServerError::NotASocket { fd })?;
+        // SAFETY: `inspect_fd` showed `fd` is an open socket; nothing else in the process uses
+        // it (it is the descriptor the web server handed us), so we take ownership.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let ctx = || format!("cannot use the socket on descriptor {fd}");
+        Ok(match kind {
+            FdKind::Listening { unix: true } => {
+                let l = std::os::unix::net::UnixListener::from(owned);
+                l.set_nonblocking(true).map_err(io_err(ctx()))?;
+                Self::Unix(UnixListener::from_std(l).map_err(io_err(ctx()))?, None)
+            }
+            FdKind::Listening { unix: false } => {
+                let l = std::net::TcpListener::from(owned);
+                l.set_nonblocking(true).map_err(io_err(ctx()))?;
+                Self::Tcp(TcpListener::from_std(l).map_err(io_err(ctx()))?, allow)
+            }
+            FdKind::Connected { unix: true } => {
+                let s = std::os::unix::net::UnixStream::from(owned);
+                s.set_nonblocking(true).map_err(io_err(ctx()))?;
+                Self::ConnectedUnix(Some(UnixStream::from_std(s).map_err(io_err(ctx()))?))
+            }
+            FdKind::Connected { unix: false } => {
+                let s = std::net::TcpStream::from(owned);
+                s.set_nonblocking(true).map_err(io_err(ctx()))?;
+                Self::ConnectedTcp(Some(TcpStream::from_std(s).map_err(io_err(ctx()))?))
+            }
+        })
+    }
+
+    /// True when this listener carries exactly one inherited connection (IIS-style).
+    pub fn is_connected_stream(&self) -> bool {
+        matches!(self, Self::ConnectedUnix(_) | Self::ConnectedTcp(_))
+    }
+
+    /// Where connections come from, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Tcp(l, _) => l
+                .local_addr()
+                .map_or_else(|_| "tcp".into(), |a| format!("tcp:{a}")),
+            Self::Unix(l, path) => match path {
+                Some(p) => format!("unix:{}", p.display()),
+                None => l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| {
+                        a.as_pathname()
+                            .map(|p| format!("unix:{} (inherited)", p.display()))
+                    })
+                    .unwrap_or_else(|| "inherited unix socket".into()),
+            },
+            Self::ConnectedUnix(_) => "connected unix stream on stdin".into(),
+            Self::ConnectedTcp(_) => "connected tcp stream on stdin".into(),
+        }
+    }
+
+    /// The next connection; `Ok(None)` when a connected-stream listener has handed out its one
+    /// connection. Refused TCP peers (allow-list) are logged and skipped.
+    pub async fn accept(&mut self) -> std::io::Result<Option<Accepted>> {
+        loop {
+            return match self {
+                Self::Tcp(l, allow) => {
+                    let (s, peer) = l.accept().await?;
+                    if !super::peer_allowed(allow, peer.ip()) {
+                        warn!(%peer, "refused connection: peer is not in FCGI_WEB_SERVER_ADDRS");
+                        continue;
+                    }
+                    let _ = s.set_nodelay(true);
+                    Ok(Some(Accepted::Tcp(s, peer.to_string())))
+                }
+                Self::Unix(l, _) => {
+                    let (s, _) = l.accept().await?;
+                    Ok(Some(Accepted::Unix(s, "unix".into())))
+                }
+                Self::ConnectedUnix(s) => Ok(s.take().map(|s| Accepted::Unix(s, "stdin".into()))),
+                Self::ConnectedTcp(s) => Ok(s.take().map(|s| {
+                    let peer = s
+                        .peer_addr()
+                        .map_or_else(|_| "stdin".into(), |a| a.to_string());
+                    Accepted::Tcp(s, peer)
+                })),
+            };
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Self::Unix(_, Some(path)) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn bind_unix(path: &Path, socket_mode: Option<u32>) -> Result<Listener, ServerError> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::Bind {
+                addr: format!("unix:{}", path.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the path exists and is not a socket; refusing to replace it",
+                ),
+            });
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServerError::SocketInUse(path.to_owned()));
+        }
+        info!(path = %path.display(), "removing stale unix socket left by an earlier run");
+        std::fs::remove_file(path).map_err(io_err(format!(
+            "cannot remove stale socket {}",
+            path.display()
+        )))?;
+    }
+    let l = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        addr: format!("unix:{}", path.display()),
+        source,
+    })?;
+    if let Some(mode) = socket_mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(
+            format!("cannot chmod {:o} {}", mode, path.display()),
+        ))?;
+    }
+    Ok(Listener::Unix(l, Some(path.to_owned())))
+}
+
+/// What kind of socket a descriptor holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    /// A listening socket.
+    Listening {
+        /// AF_UNIX rather than AF_INET/AF_INET6.
+        unix: bool,
+    },
+    /// A connected stream socket.
+    Connected {
+        /// AF_UNIX rather than AF_INET/AF_INET6.
+        unix: bool,
+    },
+}
+
+/// Inspects descriptor `fd` without taking it; `None` when it is not a stream socket (closed,
+/// a file, a terminal, a pipe).
+pub fn inspect_fd(fd: RawFd) -> Option<FdKind> {
+    // SAFETY: the descriptor is only borrowed for the duration of this call; if it is not open
+    // the socket calls below fail with EBADF and we return None.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let sock = SockRef::from(&borrowed);
+    if sock.r#type().ok()? != socket2::Type::STREAM {
+        return None;
+    }
+    let unix = sock.local_addr().ok()?.is_unix();
+    if sock.is_listener().ok()? {
+        Some(FdKind::Listening { unix })
+    } else {
+        Some(FdKind::Connected { unix })
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests: drive the built `pyfcgi` binary with real peers (nginx, libfcgi's
+//! cgi-fcgi, raw sockets, the bundled client). One test binary with modules keeps link time
+//! down. Every peer runs on loopback or a Unix socket in a temp dir, bounded in time.
+
+// Pedantic lints are for the shipped code; test plumbing favours directness.
+#![allow(clippy::pedantic)]
+
+mod support;
+
+mod cgi_fcgi;
+mod hostile;
+mod nginx;
