@@ -1,6 +1,7 @@
 //! The `pyfcgi` binary: command line, logging, lifecycle.
 
 mod logging;
+mod python;
 mod serve;
 
 use std::process::ExitCode;
@@ -17,16 +18,29 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve FastCGI requests (a built-in handler for now).
+    /// Serve a WSGI application (or a built-in handler) over FastCGI.
     Serve(serve::ServeArgs),
+    /// Load an application exactly as `serve` would, print the diagnosis, and exit non-zero
+    /// if it fails to load.
+    Check(CheckArgs),
     /// Send one FastCGI request and print the response like `curl -i`.
     Request(pyfcgi_client::cli::RequestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// The WSGI application, as for `serve`.
+    #[arg(value_name = "APP")]
+    app: String,
+    #[command(flatten)]
+    python: serve::PythonArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::main(args),
+        Command::Check(args) => check_main(&args),
         Command::Request(args) => request_main(args),
     }
 }
@@ -49,6 +63,24 @@ fn request_main(args: pyfcgi_client::cli::RequestArgs) -> ExitCode {
         Err(e) => {
             eprintln!("pyfcgi request: {}", e.report());
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}
+
+fn check_main(args: &CheckArgs) -> ExitCode {
+    logging::init_stderr("warn");
+    match python::resolve(&args.app, &args.python) {
+        Ok((pyfcgi_python::AppState::Loaded(_), report)) => {
+            println!("OK: {report}");
+            ExitCode::SUCCESS
+        }
+        Ok((pyfcgi_python::AppState::Failed { .. }, report)) => {
+            eprintln!("pyfcgi check: {report}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("pyfcgi check: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

@@ -8,10 +8,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use pyfcgi_proto::server::Limits;
+use pyfcgi_python::{PythonHandler, WsgiConfig};
+use pyfcgi_server::body::BodyConfig;
 use pyfcgi_server::builtin::{Builtin, BuiltinHandler};
 use pyfcgi_server::conn::ConnConfig;
 use pyfcgi_server::serve::ServeOutcome;
-use pyfcgi_server::transport::{parse_web_server_addrs, unix::inspect_fd};
+use pyfcgi_server::transport::parse_web_server_addrs;
+use pyfcgi_server::transport::unix::{FdKind, inspect_fd};
 use pyfcgi_server::{Bind, Listener, ServerConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -26,6 +29,40 @@ const EXIT_STARTUP: u8 = 1;
 #[derive(Debug, Args)]
 #[allow(clippy::struct_excessive_bools)]
 pub struct ServeArgs {
+    /// The WSGI application: module:attr, module:factory(), path/to/app.py:attr, or
+    /// wfastcgi's package.module.attr.
+    #[arg(value_name = "APP", conflicts_with = "builtin")]
+    pub app: Option<String>,
+
+    #[command(flatten)]
+    pub python: PythonArgs,
+
+    /// Python worker threads (default: 1 when stdin is a connected stream, as under IIS,
+    /// where requests arrive one at a time; otherwise 8).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Largest request body accepted; a larger declared Content-Length gets 413 without
+    /// calling the application. Suffixes k, m, g (powers of 1024).
+    #[arg(long, default_value = "1g", value_name = "SIZE", value_parser = parse_size)]
+    pub max_body_size: u64,
+
+    /// Request-body bytes held in memory per request before spooling to a temp file.
+    #[arg(long, default_value = "1m", value_name = "SIZE", value_parser = parse_size)]
+    pub max_body_memory: u64,
+
+    /// Put the traceback in 500 pages (for local debugging only: it shows code to visitors).
+    #[arg(long)]
+    pub detailed_errors: bool,
+
+    /// Force wsgi.url_scheme (default: https when the web server sends HTTPS=on, else
+    /// REQUEST_SCHEME, else http).
+    #[arg(long, value_name = "SCHEME", value_parser = ["http", "https"])]
+    pub url_scheme: Option<String>,
+
+    /// The mount prefix of the app: becomes SCRIPT_NAME and is stripped from PATH_INFO.
+    #[arg(long, value_name = "PREFIX", value_parser = parse_script_name)]
+    pub script_name: Option<String>,
     /// Where to listen: HOST:PORT, tcp:HOST:PORT, unix:PATH, or fd:N (an inherited socket).
     /// Default: standard input, when the web server passed a socket there.
     #[arg(long, short = 'b', value_name = "ADDR")]
@@ -93,6 +130,49 @@ pub struct ServeArgs {
     pub log_level: String,
 }
 
+/// Interpreter options shared by `serve` and `check`.
+#[derive(Debug, Args, Clone)]
+pub struct PythonArgs {
+    /// Virtual environment to use (default: $VIRTUAL_ENV, else a pyvenv.cfg, .venv or venv
+    /// found beside or above the application).
+    #[arg(long, value_name = "PATH")]
+    pub venv: Option<PathBuf>,
+
+    /// Directory to put first on sys.path (repeatable; PYTHONPATH is honoured too).
+    #[arg(long, value_name = "DIR")]
+    pub pythonpath: Vec<PathBuf>,
+
+    /// Change to this directory before loading the application.
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+}
+
+/// Parses `10`, `64k`, `1m`, `2g` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'g')) => (&t[..i], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size like 1048576, 512k, 10m or 1g"))
+}
+
+fn parse_script_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s == "/" {
+        return Ok(String::new());
+    }
+    if !s.starts_with('/') {
+        return Err(format!("{s:?} must start with '/', like /myapp"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     let s = s.strip_prefix("0o").unwrap_or(s);
     u32::from_str_radix(s, 8)
@@ -128,11 +208,6 @@ pub fn main(args: ServeArgs) -> ExitCode {
 }
 
 fn run(args: ServeArgs) -> anyhow::Result<ServeOutcome> {
-    let Some(builtin) = args.builtin else {
-        bail!(
-            "nothing to serve: pass --builtin hello|echo|env (Python applications arrive in a later release)"
-        );
-    };
     let rt = if args.io_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -144,10 +219,55 @@ fn run(args: ServeArgs) -> anyhow::Result<ServeOutcome> {
             .build()
     }
     .context("cannot start the async runtime")?;
-    rt.block_on(serve_async(args, BuiltinHandler(builtin)))
+    if let Some(builtin) = args.builtin {
+        info!(handler = ?builtin, "serving a built-in handler");
+        return rt.block_on(serve_async(
+            args,
+            Arc::new(BuiltinHandler(builtin)),
+            CancellationToken::new(),
+        ));
+    }
+    let Some(spec) = args.app.clone() else {
+        bail!(
+            "nothing to serve: give an application (e.g. `pyfcgi serve myapp:app`) or --builtin hello|echo|env"
+        );
+    };
+    // The transport decides the default thread count, so look at stdin before anything.
+    let connected = args.bind.is_none() && matches!(inspect_fd(0), Some(FdKind::Connected { .. }));
+    let threads = args.threads.unwrap_or(if connected { 1 } else { 8 }).max(1);
+    let shutdown = CancellationToken::new();
+    let cfg = WsgiConfig {
+        multithread: threads > 1,
+        multiprocess: connected,
+        url_scheme: args.url_scheme.clone(),
+        script_name: args.script_name.clone(),
+        detailed_errors: args.detailed_errors,
+        max_body_size: args.max_body_size,
+        shutdown: shutdown.clone(),
+    };
+    let app = crate::python::load(&spec, &args.python)?;
+    let (handler, pool) = PythonHandler::start(threads, app, cfg)
+        .context("cannot start the Python worker threads")?;
+    info!(app = %spec, threads, "serving a WSGI application");
+    let handler = Arc::new(handler);
+    let outcome = rt.block_on(serve_async(args, Arc::clone(&handler), shutdown));
+    drop(handler);
+    if matches!(
+        outcome,
+        Ok(ServeOutcome::Drained | ServeOutcome::StreamClosed)
+    ) {
+        // Every connection is closed, so nothing is queued: the workers exit once the job
+        // channel closes.
+        pool.join();
+    }
+    outcome
 }
 
-async fn serve_async(args: ServeArgs, handler: BuiltinHandler) -> anyhow::Result<ServeOutcome> {
+async fn serve_async<H: pyfcgi_server::Handler>(
+    args: ServeArgs,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ServeOutcome> {
     let allow = match &args.web_server_addrs {
         Some(v) => parse_web_server_addrs(v)
             .context("invalid --web-server-addrs / FCGI_WEB_SERVER_ADDRS")?,
@@ -181,15 +301,22 @@ async fn serve_async(args: ServeArgs, handler: BuiltinHandler) -> anyhow::Result
             limits,
             idle_timeout: (!connected && !idle.is_zero()).then_some(idle),
             align_records: args.align_records,
+            body: BodyConfig {
+                queue: 8,
+                max_memory: usize::try_from(args.max_body_memory).unwrap_or(usize::MAX),
+            },
             ..ConnConfig::default()
         },
         max_conns: args.max_conns.max(1),
         graceful_timeout: seconds("graceful-timeout", args.graceful_timeout)?,
     };
-    let shutdown = CancellationToken::new();
     spawn_signal_watcher(shutdown.clone())?;
-    info!(handler = ?handler.0, pid = std::process::id(), "pyfcgi {} starting", env!("CARGO_PKG_VERSION"));
-    let outcome = pyfcgi_server::serve(listener, Arc::new(handler), config, shutdown).await?;
+    info!(
+        pid = std::process::id(),
+        "pyfcgi {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    let outcome = pyfcgi_server::serve(listener, handler, config, shutdown).await?;
     info!(?outcome, "pyfcgi stopped");
     Ok(outcome)
 }

@@ -8,5 +8,7 @@
 mod support;
 
 mod cgi_fcgi;
+mod cli;
 mod hostile;
+mod lifecycle;
 mod nginx;

@@ -454,3 +454,165 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[eol + 2 + size + 2..];
     }
 }
+
+impl Server {
+    /// Starts `cmd` (a `pyfcgi serve ...` command whose stdin the caller chose) with its log
+    /// captured, and waits for the "serving" line like [`Server::tcp`]. `addr` is whatever
+    /// follows `listen=` (without `tcp:`). The command is consumed so that its copies of any
+    /// inherited descriptors are closed once the child has them.
+    pub fn from_command(mut cmd: Command, dir: Option<TempDir>) -> Self {
+        if !cmd.get_envs().any(|(k, _)| k == "PYFCGI_LOG") {
+            cmd.env(
+                "PYFCGI_LOG",
+                std::env::var("PYFCGI_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            );
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pyfcgi");
+        drop(cmd);
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("serving") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line.clone());
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pyfcgi did not start: {}", log.lock().unwrap());
+        };
+        let line = strip_ansi(&line);
+        let addr = line
+            .split("listen=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no listen= in {line:?}"))
+            .trim_start_matches("tcp:")
+            .to_owned();
+        Self {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Like [`Server::tcp`], with extra environment variables for the server.
+    pub fn tcp_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = serve_command(args);
+        cmd.args(["--bind", "127.0.0.1:0"]).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::from_command(cmd, None)
+    }
+
+    /// Waits up to `limit` for the server to exit on its own (no signal is sent); kills it and
+    /// returns None when the time is up.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        wait_timeout(&mut self.child, limit)
+    }
+}
+
+/// `pyfcgi serve ARGS` with the test log level; stdin, --bind and the rest are up to the caller.
+pub fn serve_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(pyfcgi());
+    cmd.arg("serve").args(args).env(
+        "PYFCGI_LOG",
+        std::env::var("PYFCGI_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+    );
+    cmd
+}
+
+/// What a finished `pyfcgi` command produced.
+#[derive(Debug)]
+pub struct CmdOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl CmdOutput {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// Runs `pyfcgi ARGS` with `env` added and `stdin` fed to it (null when None), collecting
+/// stdout and stderr; panics (after killing it) when it runs longer than `limit`.
+pub fn run_pyfcgi(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<Vec<u8>>,
+    limit: Duration,
+) -> CmdOutput {
+    let mut cmd = Command::new(pyfcgi());
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("spawn pyfcgi");
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    // Readers report through channels: a grandchild holding a pipe open must not wedge us.
+    let collect = |mut r: Box<dyn Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            let _ = tx.send(v);
+        });
+        rx
+    };
+    let out_rx = collect(Box::new(child.stdout.take().unwrap()));
+    let err_rx = collect(Box::new(child.stderr.take().unwrap()));
+    let status = wait_timeout(&mut child, limit);
+    let elapsed = start.elapsed();
+    let grace = Duration::from_secs(10);
+    let stdout = out_rx.recv_timeout(grace).unwrap_or_default();
+    let stderr = strip_ansi(&String::from_utf8_lossy(
+        &err_rx.recv_timeout(grace).unwrap_or_default(),
+    ));
+    let Some(status) = status else {
+        panic!(
+            "`pyfcgi {}` ran longer than {limit:?}; stderr:\n{stderr}",
+            args.join(" ")
+        );
+    };
+    CmdOutput {
+        status,
+        stdout,
+        stderr,
+        elapsed,
+    }
+}

@@ -1,0 +1,110 @@
+//! The WSGI environ: every CGI variable the web server sent (decoded latin-1, PEP 3333's
+//! "native strings"), the `wsgi.*` keys, and the defaults PEP 3333 requires.
+
+use pyfcgi_proto::Params;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+
+use super::WsgiConfig;
+
+/// Decodes latin-1 bytes (every byte is one code point), as PEP 3333 requires for environ
+/// values; ASCII (the common case) is borrowed as is.
+pub(crate) fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
+    match std::str::from_utf8(b) {
+        Ok(s) if s.is_ascii() => PyString::new(py, s),
+        _ => {
+            let s: String = b.iter().map(|&c| char::from(c)).collect();
+            PyString::new(py, &s)
+        }
+    }
+}
+
+/// Builds the environ dict for one request (without `wsgi.input`/`wsgi.errors`, which the
+/// caller adds).
+pub(crate) fn build<'py>(
+    py: Python<'py>,
+    params: &Params,
+    cfg: &WsgiConfig,
+) -> PyResult<Bound<'py, PyDict>> {
+    let env = PyDict::new(py);
+    let mut have_script_name = false;
+    let mut have_path_info = false;
+    let mut https = false;
+    let mut scheme: Option<String> = None;
+    for (name, value) in params.iter() {
+        match name {
+            // PEP 3333 (and wsgiref.validate): these are CONTENT_TYPE/CONTENT_LENGTH only.
+            b"HTTP_CONTENT_TYPE" | b"HTTP_CONTENT_LENGTH" => continue,
+            // wfastcgi trusted a client-sent X-Original-URL to rewrite PATH_INFO; a client can
+            // set any header, so pyfcgi never does. It stays visible as a plain header.
+            b"SCRIPT_NAME" => have_script_name = true,
+            b"PATH_INFO" => have_path_info = true,
+            b"HTTPS" => https = value.eq_ignore_ascii_case(b"on") || value == b"1",
+            b"REQUEST_SCHEME" => {
+                scheme = std::str::from_utf8(value).ok().map(str::to_ascii_lowercase);
+            }
+            _ => {}
+        }
+        env.set_item(latin1(py, name), latin1(py, value))?;
+    }
+    if let Some(prefix) = &cfg.script_name {
+        let path: String = env
+            .get_item("PATH_INFO")?
+            .map(|p| p.extract())
+            .transpose()?
+            .unwrap_or_default();
+        let rest = path
+            .strip_prefix(prefix.as_str())
+            .filter(|r| r.is_empty() || r.starts_with('/'))
+            .unwrap_or(&path);
+        env.set_item("SCRIPT_NAME", prefix.as_str())?;
+        env.set_item("PATH_INFO", rest)?;
+    } else {
+        if !have_script_name {
+            env.set_item("SCRIPT_NAME", "")?;
+        }
+        if !have_path_info {
+            env.set_item("PATH_INFO", "")?;
+        }
+    }
+    for (key, default) in [
+        ("QUERY_STRING", ""),
+        ("REQUEST_METHOD", "GET"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ] {
+        if !env.contains(key)? {
+            env.set_item(key, default)?;
+        }
+    }
+    if !env.contains("SERVER_NAME")? {
+        let host: Option<String> = env
+            .get_item("HTTP_HOST")?
+            .map(|h| h.extract())
+            .transpose()?;
+        let name = host
+            .as_deref()
+            .and_then(|h| h.rsplit_once(':').map(|(n, _)| n).or(Some(h)))
+            .unwrap_or("localhost")
+            .to_owned();
+        env.set_item("SERVER_NAME", name)?;
+    }
+    if !env.contains("SERVER_PORT")? {
+        env.set_item("SERVER_PORT", if https { "443" } else { "80" })?;
+    }
+    let url_scheme = cfg
+        .url_scheme
+        .clone()
+        .or(scheme)
+        .unwrap_or_else(|| if https { "https".into() } else { "http".into() });
+    env.set_item("wsgi.version", (1, 0))?;
+    env.set_item("wsgi.url_scheme", url_scheme)?;
+    env.set_item("wsgi.multithread", cfg.multithread)?;
+    env.set_item("wsgi.multiprocess", cfg.multiprocess)?;
+    env.set_item("wsgi.run_once", false)?;
+    env.set_item("wsgi.input_terminated", true)?;
+    env.set_item(
+        "wsgi.file_wrapper",
+        py.get_type::<super::response::FileWrapper>(),
+    )?;
+    Ok(env)
+}

@@ -1,0 +1,331 @@
+//! The WSGI side of a request (PEP 3333), run on a Python worker thread with the GIL held:
+//! build the environ, call the application, send what it returns, always call `close()`.
+//!
+//! * [`environ`]: the environ dict.
+//! * [`input`]: the `wsgi.input` stream.
+//! * [`response`]: `start_response`, `write()`, `wsgi.file_wrapper`, error pages.
+
+pub(crate) mod environ;
+pub mod input;
+pub mod response;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pyfcgi_server::{Request, ResponseWriter};
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::error::format_exception;
+use crate::log_stream::LogStream;
+use input::InputStream;
+use response::{FileWrapper, StartResponse, error_page};
+
+/// Per-process WSGI settings.
+#[derive(Debug, Clone)]
+pub struct WsgiConfig {
+    /// `wsgi.multithread`.
+    pub multithread: bool,
+    /// `wsgi.multiprocess`.
+    pub multiprocess: bool,
+    /// Forces `wsgi.url_scheme` (`--url-scheme`).
+    pub url_scheme: Option<String>,
+    /// Mount prefix: `SCRIPT_NAME`, stripped from `PATH_INFO` (`--script-name`).
+    pub script_name: Option<String>,
+    /// Put tracebacks in 500 pages (`--detailed-errors`); off by default.
+    pub detailed_errors: bool,
+    /// Largest request body accepted, in bytes (`--max-body-size`).
+    pub max_body_size: u64,
+    /// Fired when the app raises SystemExit/KeyboardInterrupt: the process shuts down
+    /// gracefully.
+    pub shutdown: CancellationToken,
+}
+
+impl Default for WsgiConfig {
+    fn default() -> Self {
+        Self {
+            multithread: false,
+            multiprocess: false,
+            url_scheme: None,
+            script_name: None,
+            detailed_errors: false,
+            max_body_size: 1 << 30,
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// A process-unique request number for logs (FastCGI ids repeat).
+pub fn next_request_seq() -> u64 {
+    REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How a request failed before any header went out, for the 500 page.
+enum Failure {
+    /// The app raised; the traceback is logged and (with --detailed-errors) shown.
+    Exception(String),
+    /// SystemExit/KeyboardInterrupt from the app.
+    Exit(String),
+}
+
+/// Runs one request through `app`. Never raises: every outcome ends the FastCGI request.
+pub fn run_request(
+    py: Python<'_>,
+    app: &Py<PyAny>,
+    request: Request,
+    response: ResponseWriter,
+    cfg: &WsgiConfig,
+) {
+    let seq = next_request_seq();
+    let Request { params, body, .. } = request;
+    let content_length = params
+        .get_str("CONTENT_LENGTH")
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let start = match Py::new(py, StartResponse::new(response, seq)) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(
+                request = seq,
+                "cannot create start_response: {}",
+                format_exception(py, &e)
+            );
+            return;
+        }
+    };
+    crate::log_stream::CURRENT_REQUEST.with(|c| c.set(seq));
+    let outcome = call_app(py, app, &params, body, content_length, &start, cfg, seq);
+    finish(py, start.get(), outcome, cfg, seq, &params);
+    crate::log_stream::CURRENT_REQUEST.with(|c| c.set(0));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn call_app(
+    py: Python<'_>,
+    app: &Py<PyAny>,
+    params: &pyfcgi_proto::Params,
+    body: pyfcgi_server::BodyReceiver,
+    content_length: Option<u64>,
+    start: &Py<StartResponse>,
+    cfg: &WsgiConfig,
+    seq: u64,
+) -> Result<(), PyErr> {
+    let environ = environ::build(py, params, cfg)?;
+    environ.set_item(
+        "wsgi.input",
+        Py::new(
+            py,
+            InputStream::new(body, content_length, cfg.max_body_size),
+        )?,
+    )?;
+    environ.set_item("wsgi.errors", Py::new(py, LogStream::for_request(seq))?)?;
+    let result = app.bind(py).call1((environ, start.bind(py)))?;
+    let sent = send_result(py, &result, start.get());
+    // PEP 3333: close() is called however the iteration ended.
+    let closed = if result.hasattr("close").unwrap_or(false) {
+        result.call_method0("close").map(drop)
+    } else {
+        Ok(())
+    };
+    sent?;
+    closed
+}
+
+/// Sends the app's iterable. Lists and tuples (the common `[body]`) skip the iterator
+/// protocol; a `FileWrapper` over a real file is sent from Rust with the GIL released.
+fn send_result(py: Python<'_>, result: &Bound<'_, PyAny>, start: &StartResponse) -> PyResult<()> {
+    if let Ok(wrapper) = result.cast::<FileWrapper>() {
+        if let Some(sent) = send_file(py, wrapper.get(), start)? {
+            return Ok(sent);
+        }
+    }
+    let item_bytes = |item: &Bound<'_, PyAny>| -> PyResult<()> {
+        let b = item.cast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "the application's iterable yielded {}, not bytes",
+                item.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+        start.send_body(py, b.as_bytes())
+    };
+    if let Ok(list) = result.cast::<PyList>() {
+        for item in list.iter() {
+            item_bytes(&item)?;
+        }
+    } else if let Ok(tuple) = result.cast::<PyTuple>() {
+        for item in tuple.iter() {
+            item_bytes(&item)?;
+        }
+    } else {
+        for item in result.try_iter()? {
+            item_bytes(&item?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends a `FileWrapper`'s file straight from its descriptor, from the current position.
+/// Returns `None` when the file has no usable descriptor (then it is iterated in Python).
+#[cfg(unix)]
+fn send_file(py: Python<'_>, wrapper: &FileWrapper, start: &StartResponse) -> PyResult<Option<()>> {
+    use std::io::Read;
+    use std::os::fd::BorrowedFd;
+    let f = wrapper.filelike.bind(py);
+    let Ok(fd) = f.call_method0("fileno").and_then(|n| n.extract::<i32>()) else {
+        return Ok(None);
+    };
+    // Python may hold buffered bytes ahead of the descriptor's offset; tell() syncs them.
+    let pos: u64 = match f.call_method0("tell").and_then(|p| p.extract()) {
+        Ok(p) => p,
+        Err(_) => return Ok(None),
+    };
+    // SAFETY: `fd` is open (fileno() just returned it) and only borrowed to duplicate it.
+    let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
+    let Ok(owned) = dup else { return Ok(None) };
+    let mut file = std::fs::File::from(owned);
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(pos))
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = py
+            .detach(|| file.read(&mut buf))
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
+        if n == 0 {
+            return Ok(Some(()));
+        }
+        start.send_body(py, &buf[..n])?;
+    }
+}
+
+#[cfg(not(unix))]
+fn send_file(
+    _py: Python<'_>,
+    _wrapper: &FileWrapper,
+    _start: &StartResponse,
+) -> PyResult<Option<()>> {
+    Ok(None)
+}
+
+/// Ends the FastCGI request for every outcome.
+fn finish(
+    py: Python<'_>,
+    start: &StartResponse,
+    outcome: PyResult<()>,
+    cfg: &WsgiConfig,
+    seq: u64,
+    params: &pyfcgi_proto::Params,
+) {
+    let method = params.get_str("REQUEST_METHOD").unwrap_or("-");
+    let path = params
+        .get_str("REQUEST_URI")
+        .or_else(|| params.get_str("PATH_INFO"))
+        .unwrap_or("-");
+    let failure = match outcome {
+        Ok(()) => match start.send_head_if_unsent(py) {
+            Ok(()) => None,
+            Err(e) => Some(Failure::Exception(format_exception(py, &e))),
+        },
+        Err(e) => {
+            let tb = format_exception(py, &e);
+            if e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py) {
+                Some(Failure::Exit(tb))
+            } else {
+                Some(Failure::Exception(tb))
+            }
+        }
+    };
+    let headers_sent = start.lock().headers_sent;
+    let closed = start.lock().closed;
+    let Some(writer) = start.take_writer() else {
+        error!(
+            request = seq,
+            "response writer missing at the end of the request"
+        );
+        return;
+    };
+    let app_status = match failure {
+        None => {
+            if let Some((promised, sent)) = start.shortfall() {
+                warn!(
+                    request = seq,
+                    method,
+                    path,
+                    promised,
+                    sent,
+                    "short response: the application sent fewer bytes than its Content-Length"
+                );
+            }
+            0
+        }
+        Some(_) if closed => {
+            info!(
+                request = seq,
+                method, path, "client went away before the response was complete"
+            );
+            1
+        }
+        Some(failure) => {
+            let (tb, exit) = match &failure {
+                Failure::Exception(tb) => (tb.as_str(), false),
+                Failure::Exit(tb) => (tb.as_str(), true),
+            };
+            if exit {
+                error!(
+                    request = seq,
+                    method,
+                    path,
+                    "the application raised SystemExit/KeyboardInterrupt; shutting down gracefully:\n{tb}"
+                );
+                cfg.shutdown.cancel();
+            } else {
+                error!(request = seq, method, path, "application error:\n{tb}");
+            }
+            if headers_sent {
+                warn!(
+                    request = seq,
+                    "the response had already started; ending it early with a non-zero application status"
+                );
+                1
+            } else {
+                let page = error_page(
+                    "500 Internal Server Error",
+                    "Internal Server Error: the application raised an exception. The server log has the details.",
+                    seq,
+                    cfg.detailed_errors.then_some(tb),
+                );
+                return end_with(py, writer, Some(page), 0, seq);
+            }
+        }
+    };
+    end_with(py, writer, None, app_status, seq);
+}
+
+fn end_with(
+    py: Python<'_>,
+    mut writer: ResponseWriter,
+    page: Option<bytes::Bytes>,
+    app_status: u32,
+    seq: u64,
+) {
+    let done = py.detach(move || {
+        if let Some(p) = page {
+            writer.blocking_write(p)?;
+        }
+        writer.blocking_end(app_status)
+    });
+    if done.is_err() {
+        debug!(
+            request = seq,
+            "connection closed before the end of the response"
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! `pyfcgi request` and `pyfcgi serve` driven from the command line as a user would: exact
+//! output bytes, exit codes and error messages.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use crate::support::{Server, TempDir, pyfcgi, run_pyfcgi};
+
+/// What `pyfcgi request` prints for the `hello` built-in (curl -i style, CRLF line ends).
+const HELLO_HTTP: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!";
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// `pyfcgi request ARGS` (stdin null, default environment).
+fn request(args: &[&str]) -> crate::support::CmdOutput {
+    let mut argv = vec!["request"];
+    argv.extend_from_slice(args);
+    run_pyfcgi(&argv, &[], None, LIMIT)
+}
+
+/// Asserts a zero exit, showing stderr otherwise.
+fn assert_ok(out: &crate::support::CmdOutput) {
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "stderr:\n{}\nstdout:\n{}",
+        out.stderr,
+        out.stdout_str()
+    );
+}
+
+/// Deterministic bytes covering every value, CR and LF included (xorshift).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn request_spawn_prints_hello_like_curl_i() {
+    let out = request(&["--spawn", "--", pyfcgi(), "serve", "--builtin", "hello"]);
+    assert_ok(&out);
+    assert_eq!(out.stdout, HELLO_HTTP, "{:?}", out.stdout_str());
+}
+
+#[test]
+fn request_spawn_listen_prints_hello_like_curl_i() {
+    let out = request(&[
+        "--spawn-listen",
+        "--",
+        pyfcgi(),
+        "serve",
+        "--builtin",
+        "hello",
+    ]);
+    assert_ok(&out);
+    assert_eq!(out.stdout, HELLO_HTTP, "{:?}", out.stdout_str());
+}
+
+#[test]
+fn request_spawn_repeat_300_cycles_ids_on_one_kept_connection() {
+    // The spawned server's stderr goes to the client's stderr: its debug log shows how many
+    // connections it accepted.
+    let out = run_pyfcgi(
+        &[
+            "request",
+            "--spawn",
+            "--repeat",
+            "300",
+            "--",
+            pyfcgi(),
+            "serve",
+            "--builtin",
+            "hello",
+        ],
+        &[("PYFCGI_LOG", "debug")],
+        None,
+        LIMIT,
+    );
+    assert_ok(&out);
+    assert_eq!(out.stdout.len(), HELLO_HTTP.len() * 300);
+    assert_eq!(out.stdout, HELLO_HTTP.repeat(300));
+    assert_eq!(
+        out.stderr.matches("connection accepted").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("outcome=StreamClosed"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn request_get_values_reports_the_servers_limits() {
+    let server = Server::tcp(&["--builtin", "hello", "--max-conns", "5"]);
+    let out = request(&["--connect", &server.addr, "--get-values"]);
+    assert_ok(&out);
+    assert_eq!(
+        out.stdout_str(),
+        "FCGI_MAX_CONNS=5\nFCGI_MAX_REQS=640\nFCGI_MPXS_CONNS=1\n"
+    );
+}
+
+#[test]
+fn request_data_file_strips_newlines_and_echo_returns_it() {
+    let server = Server::tcp(&["--builtin", "echo"]);
+    let dir = TempDir::new("cli-body");
+    let file = dir.path().join("body.txt");
+    std::fs::write(&file, b"a=1&b=2\nc=3\r\n").unwrap();
+    let spec = format!("@{}", file.display());
+    let out = request(&["--connect", &server.addr, "-d", &spec]);
+    assert_ok(&out);
+    assert_eq!(
+        out.stdout_str(),
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 10\r\n\r\na=1&b=2c=3"
+    );
+}
+
+#[test]
+fn request_data_binary_from_stdin_echoes_3mb_exactly() {
+    let server = Server::tcp(&["--builtin", "echo"]);
+    let body = noise(3 << 20);
+    let out = run_pyfcgi(
+        &[
+            "request",
+            "--connect",
+            &server.addr,
+            "-s",
+            "--data-binary",
+            "@-",
+        ],
+        &[],
+        Some(body.clone()),
+        LIMIT,
+    );
+    assert_ok(&out);
+    assert_eq!(out.stdout.len(), body.len());
+    assert!(out.stdout == body, "echoed body differs");
+}
+
+#[test]
+fn request_method_header_and_param_reach_the_application() {
+    let server = Server::tcp(&["--builtin", "env"]);
+    let out = request(&[
+        "--connect",
+        &server.addr,
+        "-s",
+        "-X",
+        "PUT",
+        "-H",
+        "X-A: b",
+        "--param",
+        "FOO=bar",
+        "/p?q=1",
+    ]);
+    assert_ok(&out);
+    let text = out.stdout_str();
+    let lines: Vec<&str> = text.lines().collect();
+    for want in [
+        "HTTP_X_A=b",
+        "FOO=bar",
+        "REQUEST_METHOD=PUT",
+        "QUERY_STRING=q=1",
+    ] {
+        assert!(lines.contains(&want), "no {want} in:\n{text}");
+    }
+    assert!(!text.contains("APPL_MD_PATH"), "{text}");
+}
+
+#[test]
+fn request_iis_sends_the_iis_params() {
+    let server = Server::tcp(&["--builtin", "env"]);
+    let out = request(&["--connect", &server.addr, "-s", "--iis", "/x"]);
+    assert_ok(&out);
+    let text = out.stdout_str();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("APPL_MD_PATH=")),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"SERVER_SOFTWARE=Microsoft-IIS/10.0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn request_to_closed_port_exits_1_with_a_clear_message() {
+    let out = request(&["--connect", "127.0.0.1:1", "--timeout", "10"]);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr.contains("cannot connect") && out.stderr.contains("127.0.0.1:1"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn request_to_server_that_hangs_up_exits_2() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        // Accept and drop each connection at once.
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let out = request(&["--connect", &addr, "--timeout", "10"]);
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    assert!(out.stderr.starts_with("pyfcgi request: "), "{}", out.stderr);
+}
+
+#[test]
+fn serve_without_bind_and_no_socket_on_stdin_exits_1_quickly() {
+    let out = run_pyfcgi(
+        &["serve", "--builtin", "hello"],
+        &[],
+        None,
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
+    assert!(out.stderr.contains("--bind"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "logs never go to stdout");
+}
+
+#[test]
+fn serve_with_nonsense_bind_fails_with_invalid_bind_address() {
+    let out = run_pyfcgi(
+        &["serve", "--builtin", "hello", "--bind", "nonsense"],
+        &[],
+        None,
+        Duration::from_secs(10),
+    );
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid bind address"),
+        "{}",
+        out.stderr
+    );
+}
