@@ -111,7 +111,7 @@ impl Server {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("serving") {
+                if line.contains("serving listen=") {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(line.clone());
                     }
@@ -481,7 +481,7 @@ impl Server {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("serving") {
+                if line.contains("serving listen=") {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(line.clone());
                     }

@@ -127,27 +127,41 @@ async fn read_loop<R, H>(
             conn.finish(id);
             active.remove(&id);
         }
-        if shutdown.is_cancelled() && active.is_empty() {
-            debug!(peer, "closing idle connection for shutdown");
-            break;
-        }
         if buf.capacity() - buf.len() < 8 * 1024 {
             buf.reserve(config.read_buffer);
         }
-        let read = tokio::select! {
-            biased;
-            () = closed.cancelled() => break,
-            Some(id) = freed_rx.recv() => {
-                conn.finish(id);
-                active.remove(&id);
-                continue;
+        let idle_now = active.is_empty() && buf.is_empty();
+        let read = if shutdown.is_cancelled() && idle_now {
+            // A request may already sit unread in the socket: serve it rather than drop it;
+            // otherwise close now.
+            let ready = tokio::select! {
+                biased;
+                r = rd.read_buf(&mut buf) => Some(r),
+                () = std::future::ready(()) => None,
+            };
+            match ready {
+                Some(Ok(n)) if n > 0 => Ok(n),
+                _ => {
+                    debug!(peer, "closing idle connection for shutdown");
+                    break;
+                }
             }
-            () = shutdown.cancelled(), if active.is_empty() => continue,
-            () = sleep_or_never(idle), if active.is_empty() => {
-                info!(peer, timeout_s = idle.map_or(0, |d| d.as_secs()), "closing connection idle past --idle-timeout");
-                break;
+        } else {
+            tokio::select! {
+                biased;
+                () = closed.cancelled() => break,
+                Some(id) = freed_rx.recv() => {
+                    conn.finish(id);
+                    active.remove(&id);
+                    continue;
+                }
+                () = shutdown.cancelled(), if idle_now => continue,
+                () = sleep_or_never(idle), if active.is_empty() => {
+                    info!(peer, timeout_s = idle.map_or(0, |d| d.as_secs()), "closing connection idle past --idle-timeout");
+                    break;
+                }
+                r = rd.read_buf(&mut buf) => r,
             }
-            r = rd.read_buf(&mut buf) => r,
         };
         match read {
             Ok(0) => {

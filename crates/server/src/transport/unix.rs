@@ -17,12 +17,28 @@ use crate::ServerError;
 pub enum Listener {
     /// A TCP listener and its `FCGI_WEB_SERVER_ADDRS` allow-list (empty = everyone).
     Tcp(TcpListener, Vec<IpAddr>),
-    /// A Unix-socket listener; `Some(path)` is removed when the listener is dropped.
-    Unix(UnixListener, Option<PathBuf>),
+    /// A Unix-socket listener; `Some(owned)` is the socket file it created, removed when the
+    /// listener is dropped (only if it is still that same file).
+    Unix(UnixListener, Option<OwnedSocketFile>),
     /// One already-connected stream: served once, then the server stops.
     ConnectedUnix(Option<UnixStream>),
     /// One already-connected TCP stream.
     ConnectedTcp(Option<TcpStream>),
+}
+
+/// A socket file this process created, identified by device and inode so that dropping the
+/// listener never removes a socket another server has since put at the same path.
+#[derive(Debug)]
+pub struct OwnedSocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// What an accept produced.
@@ -106,7 +122,7 @@ impl Listener {
                 .local_addr()
                 .map_or_else(|_| "tcp".into(), |a| format!("tcp:{a}")),
             Self::Unix(l, path) => match path {
-                Some(p) => format!("unix:{}", p.display()),
+                Some(p) => format!("unix:{}", p.path.display()),
                 None => l
                     .local_addr()
                     .ok()
@@ -153,34 +169,63 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Self::Unix(_, Some(path)) = self {
-            let _ = std::fs::remove_file(path);
+        if let Self::Unix(_, Some(owned)) = self {
+            if file_id(&owned.path) == Some(owned.id) {
+                let _ = std::fs::remove_file(&owned.path);
+            }
         }
     }
 }
 
 fn bind_unix(path: &Path, socket_mode: Option<u32>) -> Result<Listener, ServerError> {
+    let addr = || format!("unix:{}", path.display());
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(ServerError::Bind {
-                addr: format!("unix:{}", path.display()),
+                addr: addr(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
                     "the path exists and is not a socket; refusing to replace it",
                 ),
             });
         }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServerError::SocketInUse(path.to_owned()));
+        // Only "connection refused" proves nobody listens. Anything else (permission denied on
+        // a live server's socket, say) must not make us unlink a socket someone else serves.
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(ServerError::SocketInUse(path.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                info!(path = %path.display(), "removing stale unix socket left by an earlier run");
+                std::fs::remove_file(path).map_err(io_err(format!(
+                    "cannot remove stale socket {}",
+                    path.display()
+                )))?;
+            }
+            Err(e) => {
+                return Err(ServerError::Bind {
+                    addr: addr(),
+                    source: std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "a socket already exists there and cannot be checked ({e}); it may belong to a running server"
+                        ),
+                    ),
+                });
+            }
         }
-        info!(path = %path.display(), "removing stale unix socket left by an earlier run");
-        std::fs::remove_file(path).map_err(io_err(format!(
-            "cannot remove stale socket {}",
-            path.display()
-        )))?;
     }
-    let l = UnixListener::bind(path).map_err(|source| ServerError::Bind {
-        addr: format!("unix:{}", path.display()),
+    // Create the socket with its final mode (no window with the umask's mode): restrict the
+    // umask around bind, then set the exact mode.
+    let old_umask = socket_mode.map(|mode| {
+        // SAFETY: umask only swaps the process file-creation mask; no memory is involved.
+        unsafe { libc::umask(!(mode as libc::mode_t) & 0o777) }
+    });
+    let bound = UnixListener::bind(path);
+    if let Some(old) = old_umask {
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old) };
+    }
+    let l = bound.map_err(|source| ServerError::Bind {
+        addr: addr(),
         source,
     })?;
     if let Some(mode) = socket_mode {
@@ -188,7 +233,14 @@ fn bind_unix(path: &Path, socket_mode: Option<u32>) -> Result<Listener, ServerEr
             format!("cannot chmod {:o} {}", mode, path.display()),
         ))?;
     }
-    Ok(Listener::Unix(l, Some(path.to_owned())))
+    let id = file_id(path).unwrap_or_default();
+    Ok(Listener::Unix(
+        l,
+        Some(OwnedSocketFile {
+            path: path.to_owned(),
+            id,
+        }),
+    ))
 }
 
 /// What kind of socket a descriptor holds.
