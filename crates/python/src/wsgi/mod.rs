@@ -246,10 +246,12 @@ fn finish(
     let headers_sent = start.lock().headers_sent;
     let closed = start.lock().closed;
     let Some(writer) = start.take_writer() else {
-        error!(
-            request = seq,
-            "response writer missing at the end of the request"
-        );
+        if closed {
+            // The write that found the connection gone consumed the writer.
+            info!(request = seq, method, path, "client went away before the response was complete");
+        } else {
+            error!(request = seq, "response writer missing at the end of the request");
+        }
         return;
     };
     let app_status = match failure {
