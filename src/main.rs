@@ -1,17 +1,26 @@
 //! The `pyfcgi` binary: command line, logging, lifecycle.
 
+mod config;
+mod doctor;
+mod iis_cmd;
+// Without Python, the helpers only the WSGI path uses (file watcher) are unused.
+#[cfg_attr(not(feature = "python"), allow(dead_code, unused_imports))]
+mod lifecycle;
 mod logging;
+#[cfg(feature = "python")]
 mod python;
 mod serve;
 
 use std::process::ExitCode;
+
+use std::io::Write as _;
 
 use clap::{Parser, Subcommand};
 
 /// pyfcgi: a fast, robust FastCGI host for Python web apps (IIS, nginx, Apache, lighttpd).
 #[derive(Debug, Parser)]
 #[command(name = "pyfcgi", version, about, long_about = None, propagate_version = true)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -19,14 +28,21 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a WSGI application (or a built-in handler) over FastCGI.
-    Serve(serve::ServeArgs),
+    #[command(args_override_self = true)]
+    Serve(Box<serve::ServeArgs>),
     /// Load an application exactly as `serve` would, print the diagnosis, and exit non-zero
     /// if it fails to load.
+    #[cfg(feature = "python")]
     Check(CheckArgs),
     /// Send one FastCGI request and print the response like `curl -i`.
     Request(pyfcgi_client::cli::RequestArgs),
+    /// Register pyfcgi with IIS for a site (enable, disable), or print its web.config.
+    Iis(iis_cmd::IisArgs),
+    /// Check a site's IIS setup (web.config, handler, venv, import, logs) and say what to fix.
+    Doctor(doctor::DoctorArgs),
 }
 
+#[cfg(feature = "python")]
 #[derive(Debug, clap::Args)]
 struct CheckArgs {
     /// The WSGI application, as for `serve`.
@@ -37,11 +53,27 @@ struct CheckArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Under IIS stdout/stderr are invalid handles: make them NUL before anything can print.
+    pyfcgi_server::process::prepare_std_handles();
+    let (merged, sources) = match config::merged_args(std::env::args_os().collect()) {
+        Ok(x) => x,
+        Err(e) => {
+            // No logging yet, and under IIS stderr may be an invalid handle: never panic here.
+            let _ = writeln!(std::io::stderr(), "pyfcgi: configuration error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let cli = Cli::parse_from(merged);
+    if !sources.files.is_empty() {
+        serve::note_config_sources(sources);
+    }
     match cli.command {
-        Command::Serve(args) => serve::main(args),
+        Command::Serve(args) => serve::main(*args),
+        #[cfg(feature = "python")]
         Command::Check(args) => check_main(&args),
         Command::Request(args) => request_main(args),
+        Command::Iis(args) => iis_cmd::main(args),
+        Command::Doctor(args) => doctor::main(&args),
     }
 }
 
@@ -67,14 +99,15 @@ fn request_main(args: pyfcgi_client::cli::RequestArgs) -> ExitCode {
     }
 }
 
+#[cfg(feature = "python")]
 fn check_main(args: &CheckArgs) -> ExitCode {
     logging::init_stderr("warn");
-    match python::resolve(&args.app, &args.python) {
+    match python::resolve(&args.app, &args.python, &[]) {
         Ok((pyfcgi_python::AppState::Loaded(_), report)) => {
             println!("OK: {report}");
             ExitCode::SUCCESS
         }
-        Ok((pyfcgi_python::AppState::Failed { .. }, report)) => {
+        Ok((_, report)) => {
             eprintln!("pyfcgi check: {report}");
             ExitCode::from(1)
         }

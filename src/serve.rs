@@ -1,5 +1,7 @@
 //! `pyfcgi serve`: options, transport selection, signals, exit codes.
 
+#[cfg(feature = "python")]
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,13 +10,20 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use pyfcgi_proto::server::Limits;
-use pyfcgi_python::{PythonHandler, WsgiConfig};
+#[cfg(feature = "python")]
+use pyfcgi_python::{AppBinding, AppState, PythonHandler, WsgiConfig};
+
+use crate::lifecycle::MaxRequests;
+#[cfg(feature = "python")]
+use crate::lifecycle::{DEFAULT_RESTART_REGEX, WatcherSlot};
 use pyfcgi_server::body::BodyConfig;
 use pyfcgi_server::builtin::{Builtin, BuiltinHandler};
 use pyfcgi_server::conn::ConnConfig;
 use pyfcgi_server::serve::ServeOutcome;
+#[cfg(feature = "python")]
+use pyfcgi_server::transport::StdinKind;
+use pyfcgi_server::transport::inspect_stdin;
 use pyfcgi_server::transport::parse_web_server_addrs;
-use pyfcgi_server::transport::unix::{FdKind, inspect_fd};
 use pyfcgi_server::{Bind, Listener, ServerConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -34,86 +43,160 @@ pub struct ServeArgs {
     #[arg(value_name = "APP", conflicts_with = "builtin")]
     pub app: Option<String>,
 
+    /// The WSGI application, as an option (what IIS's FastCGI `arguments` and the
+    /// WSGI_HANDLER appSetting set); the positional APP wins over it.
+    #[arg(
+        long = "app",
+        env = "PYFCGI_APP",
+        value_name = "APP",
+        conflicts_with = "builtin",
+        hide_short_help = true
+    )]
+    pub app_option: Option<String>,
+
+    /// The application's folder (IIS: the site's physical path). Its web.config appSettings
+    /// and pyfcgi.toml are read at startup, the app is loaded eagerly, pyfcgi changes into it
+    /// (unless --chdir), and requests for other IIS applications are refused.
+    #[arg(long, env = "PYFCGI_APP_ROOT", value_name = "DIR")]
+    pub app_root: Option<PathBuf>,
+
+    /// Exit cleanly after this many requests (between requests); 0 = never. Under IIS keep
+    /// it at or above the FastCGI instanceMaxRequests so IIS recycles first.
+    #[arg(
+        long,
+        env = "PYFCGI_MAX_REQUESTS",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub max_requests: u64,
+
+    /// Restart (drain the in-flight request, then exit so IIS starts a new process) when a
+    /// file under the app folder whose path matches this regex changes. wfastcgi's
+    /// WSGI_RESTART_FILE_REGEX; default .*((\.py)|(\.config))$ when an app folder is known;
+    /// an empty value disables watching.
+    #[arg(long, env = "PYFCGI_RESTART_REGEX", value_name = "REGEX")]
+    pub restart_regex: Option<String>,
+
+    /// Also send application tracebacks on FCGI_STDERR (IIS then shows them as the 500 page
+    /// to every visitor: only for debugging).
+    #[arg(long, env = "PYFCGI_STDERR_ERRORS")]
+    pub stderr_errors: bool,
+
+    /// Settings file (TOML, keys are flag names: threads = 4, max-body-size = "10m").
+    /// Default: pyfcgi.toml in the app folder, else in the working directory.
+    #[arg(long, env = "PYFCGI_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Extra environment variable for the application, NAME=VALUE (repeatable; web.config
+    /// appSettings that are not pyfcgi or wfastcgi keys arrive here).
+    #[arg(long = "app-env", value_name = "NAME=VALUE", value_parser = parse_env_pair, hide_short_help = true)]
+    pub app_env: Vec<(String, String)>,
+
     #[command(flatten)]
     pub python: PythonArgs,
 
     /// Python worker threads (default: 1 when stdin is a connected stream, as under IIS,
     /// where requests arrive one at a time; otherwise 8).
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "PYFCGI_THREADS", value_name = "N")]
     pub threads: Option<usize>,
 
     /// Largest request body accepted; a larger declared Content-Length gets 413 without
     /// calling the application. Suffixes k, m, g (powers of 1024).
-    #[arg(long, default_value = "1g", value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, env = "PYFCGI_MAX_BODY_SIZE", default_value = "1g", value_name = "SIZE", value_parser = parse_size)]
     pub max_body_size: u64,
 
     /// Request-body bytes held in memory per request before spooling to a temp file.
-    #[arg(long, default_value = "1m", value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, env = "PYFCGI_MAX_BODY_MEMORY", default_value = "1m", value_name = "SIZE", value_parser = parse_size)]
     pub max_body_memory: u64,
 
     /// Put the traceback in 500 pages (for local debugging only: it shows code to visitors).
-    #[arg(long)]
+    #[arg(long, env = "PYFCGI_DETAILED_ERRORS")]
     pub detailed_errors: bool,
 
     /// Force wsgi.url_scheme (default: https when the web server sends HTTPS=on, else
     /// REQUEST_SCHEME, else http).
-    #[arg(long, value_name = "SCHEME", value_parser = ["http", "https"])]
+    #[arg(long, env = "PYFCGI_URL_SCHEME", value_name = "SCHEME", value_parser = ["http", "https"])]
     pub url_scheme: Option<String>,
 
     /// The mount prefix of the app: becomes SCRIPT_NAME and is stripped from PATH_INFO.
-    #[arg(long, value_name = "PREFIX", value_parser = parse_script_name)]
+    #[arg(long, env = "PYFCGI_SCRIPT_NAME", value_name = "PREFIX", value_parser = parse_script_name)]
     pub script_name: Option<String>,
     /// Where to listen: HOST:PORT, tcp:HOST:PORT, unix:PATH, or fd:N (an inherited socket).
     /// Default: standard input, when the web server passed a socket there.
-    #[arg(long, short = 'b', value_name = "ADDR")]
+    #[arg(long, env = "PYFCGI_BIND", short = 'b', value_name = "ADDR")]
     pub bind: Option<String>,
 
     /// Permissions of a new unix socket file, in octal (e.g. 660).
-    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    #[arg(long, env = "PYFCGI_SOCKET_MODE", value_name = "MODE", value_parser = parse_mode)]
     pub socket_mode: Option<u32>,
 
     /// Serve a built-in handler instead of an application: hello (fixed 13-byte response),
     /// echo (the request body back) or env (the request params as text).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, env = "PYFCGI_BUILTIN", value_name = "NAME")]
     pub builtin: Option<Builtin>,
 
     /// Most connections served at once (reported as FCGI_MAX_CONNS).
-    #[arg(long, default_value_t = 1024, value_name = "N")]
+    #[arg(
+        long,
+        env = "PYFCGI_MAX_CONNS",
+        default_value_t = 1024,
+        value_name = "N"
+    )]
     pub max_conns: usize,
 
     /// Most requests in flight on one multiplexed connection (FCGI_MAX_REQS is this times
     /// --max-conns).
-    #[arg(long, default_value_t = 128, value_name = "N")]
+    #[arg(
+        long,
+        env = "PYFCGI_MAX_REQUESTS_PER_CONN",
+        default_value_t = 128,
+        value_name = "N"
+    )]
     pub max_requests_per_conn: usize,
 
     /// Refuse a second concurrent request on one connection (FCGI_MPXS_CONNS=0).
-    #[arg(long)]
+    #[arg(long, env = "PYFCGI_NO_MULTIPLEX")]
     pub no_multiplex: bool,
 
     /// Largest FCGI_PARAMS block of one request, in bytes.
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    #[arg(long, env = "PYFCGI_MAX_PARAMS_BYTES", default_value_t = 1 << 20, value_name = "BYTES")]
     pub max_params_bytes: usize,
 
     /// Most params (name-value pairs) in one request.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    #[arg(
+        long,
+        env = "PYFCGI_MAX_PARAMS",
+        default_value_t = 1000,
+        value_name = "N"
+    )]
     pub max_params: usize,
 
     /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    #[arg(
+        long,
+        env = "PYFCGI_GRACEFUL_TIMEOUT",
+        default_value_t = 30.0,
+        value_name = "SECS"
+    )]
     pub graceful_timeout: f64,
 
     /// Close a connection with no request in flight after this many idle seconds (0 = never).
     /// Not applied to a connection inherited on stdin.
-    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    #[arg(
+        long,
+        env = "PYFCGI_IDLE_TIMEOUT",
+        default_value_t = 300.0,
+        value_name = "SECS"
+    )]
     pub idle_timeout: f64,
 
     /// Threads for socket I/O (1 = a single-threaded runtime, the fastest on small machines).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, env = "PYFCGI_IO_THREADS", default_value_t = 1, value_name = "N")]
     pub io_threads: usize,
 
     /// Pad every response record to a multiple of 8 bytes (FastCGI spec §3.3 recommendation;
     /// no web server needs it).
-    #[arg(long)]
+    #[arg(long, env = "PYFCGI_ALIGN_RECORDS")]
     pub align_records: bool,
 
     /// Comma-separated IP addresses allowed to connect over TCP (default: from the
@@ -121,12 +204,26 @@ pub struct ServeArgs {
     #[arg(long, env = "FCGI_WEB_SERVER_ADDRS", value_name = "IPS")]
     pub web_server_addrs: Option<String>,
 
-    /// Write logs to this file instead of stderr.
-    #[arg(long, value_name = "PATH")]
+    /// Rotate the log file when it grows past this size (0 = never).
+    #[arg(long, env = "PYFCGI_LOG_MAX_SIZE", default_value = "10m", value_name = "SIZE", value_parser = parse_size)]
+    pub log_max_size: u64,
+
+    /// Rotated log files kept (PATH.1 … PATH.N).
+    #[arg(long, env = "PYFCGI_LOG_KEEP", default_value_t = 5, value_name = "N")]
+    pub log_keep: u32,
+
+    /// Write logs to this file instead of stderr (wfastcgi's WSGI_LOG). `{pid}` in the name
+    /// is replaced by the process id, giving each IIS process its own file.
+    #[arg(long, env = "PYFCGI_LOG_FILE", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
     /// Log level (error, warn, info, debug, trace); PYFCGI_LOG overrides with a full filter.
-    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    #[arg(
+        long,
+        env = "PYFCGI_LOG_LEVEL",
+        default_value = "info",
+        value_name = "LEVEL"
+    )]
     pub log_level: String,
 }
 
@@ -135,15 +232,15 @@ pub struct ServeArgs {
 pub struct PythonArgs {
     /// Virtual environment to use (default: $VIRTUAL_ENV, else a pyvenv.cfg, .venv or venv
     /// found beside or above the application).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "PYFCGI_VENV", value_name = "PATH")]
     pub venv: Option<PathBuf>,
 
     /// Directory to put first on sys.path (repeatable; PYTHONPATH is honoured too).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "PYFCGI_PYTHONPATH", value_name = "DIR")]
     pub pythonpath: Vec<PathBuf>,
 
     /// Change to this directory before loading the application.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "PYFCGI_CHDIR", value_name = "DIR")]
     pub chdir: Option<PathBuf>,
 }
 
@@ -161,6 +258,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("{s:?} is not a size like 1048576, 512k, 10m or 1g"))
+}
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
 }
 
 fn parse_script_name(s: &str) -> Result<String, String> {
@@ -186,16 +290,31 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
         .with_context(|| format!("--{name} must be a non-negative number of seconds, got {v}"))
 }
 
+/// Config files merged into the arguments, logged once logging is set up.
+static CONFIG_SOURCES: std::sync::OnceLock<crate::config::Sources> = std::sync::OnceLock::new();
+
+/// Records where settings came from, for the startup log.
+pub fn note_config_sources(sources: crate::config::Sources) {
+    let _ = CONFIG_SOURCES.set(sources);
+}
+
 pub fn main(args: ServeArgs) -> ExitCode {
     match &args.log_file {
         Some(path) => {
-            if let Err(e) = logging::init_file(path, &args.log_level) {
+            let rotation = logging::Rotation {
+                max_size: args.log_max_size,
+                keep: args.log_keep,
+            };
+            if let Err(e) = logging::init_file(path, &args.log_level, rotation) {
                 logging::init_stderr(&args.log_level);
                 error!("{e:#}");
                 return ExitCode::from(EXIT_STARTUP);
             }
         }
         None => logging::init_stderr(&args.log_level),
+    }
+    if let Some(src) = CONFIG_SOURCES.get() {
+        info!(files = ?src.files, overridden_by_env_or_cli = ?src.shadowed, "settings read from config files");
     }
     match run(args) {
         Ok(ServeOutcome::TimedOut) => ExitCode::from(EXIT_GRACE_TIMEOUT),
@@ -221,37 +340,109 @@ fn run(args: ServeArgs) -> anyhow::Result<ServeOutcome> {
     .context("cannot start the async runtime")?;
     if let Some(builtin) = args.builtin {
         info!(handler = ?builtin, "serving a built-in handler");
-        return rt.block_on(serve_async(
-            args,
-            Arc::new(BuiltinHandler(builtin)),
-            CancellationToken::new(),
-        ));
+        let shutdown = CancellationToken::new();
+        let handler =
+            MaxRequests::new(BuiltinHandler(builtin), args.max_requests, shutdown.clone());
+        return rt.block_on(serve_async(args, Arc::new(handler), shutdown));
     }
-    let Some(spec) = args.app.clone() else {
-        bail!(
-            "nothing to serve: give an application (e.g. `pyfcgi serve myapp:app`) or --builtin hello|echo|env"
-        );
-    };
-    // The transport decides the default thread count, so look at stdin before anything.
-    let connected = args.bind.is_none() && matches!(inspect_fd(0), Some(FdKind::Connected { .. }));
-    let threads = args.threads.unwrap_or(if connected { 1 } else { 8 }).max(1);
+    #[cfg(not(feature = "python"))]
+    bail!(
+        "this pyfcgi was built without Python (cargo feature `python`): it can only serve --builtin hello|echo|env"
+    );
+    #[cfg(feature = "python")]
+    run_app(&rt, args)
+}
+
+#[cfg(feature = "python")]
+fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<ServeOutcome> {
     let shutdown = CancellationToken::new();
+    // The transport decides the default thread count, so look at stdin before anything.
+    let connected = args.bind.is_none() && matches!(inspect_stdin(), Some(StdinKind::Connected));
+    let threads = args.threads.unwrap_or(if connected { 1 } else { 8 }).max(1);
     let cfg = WsgiConfig {
         multithread: threads > 1,
         multiprocess: connected,
         url_scheme: args.url_scheme.clone(),
         script_name: args.script_name.clone(),
         detailed_errors: args.detailed_errors,
+        stderr_errors: args.stderr_errors,
         max_body_size: args.max_body_size,
         shutdown: shutdown.clone(),
     };
-    let app = crate::python::load(&spec, &args.python)?;
-    let (handler, pool) = PythonHandler::start(threads, app, cfg)
+    let mut python = args.python.clone();
+    if python.chdir.is_none() {
+        // wfastcgi runs the app from its folder; so does pyfcgi when it knows the folder.
+        python.chdir.clone_from(&args.app_root);
+    }
+    // Restart on file changes: wfastcgi's default regex when the app folder is known (IIS),
+    // or whatever --restart-regex says; an empty regex disables it.
+    let restart_regex = match &args.restart_regex {
+        Some(r) if r.is_empty() => None,
+        Some(r) => Some(r.clone()),
+        None if args.app_root.is_some() || connected => Some(DEFAULT_RESTART_REGEX.to_owned()),
+        None => None,
+    };
+    let watchers = WatcherSlot::default();
+    let spec = args.app.clone().or_else(|| args.app_option.clone());
+    let app = match &spec {
+        Some(spec) => crate::python::load(spec, &python, &args.app_env)?,
+        None if args.app_root.is_some() => bail!(
+            "no application: --app-root {} has no WSGI_HANDLER in its web.config and no APP was given",
+            args.app_root
+                .as_deref()
+                .map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        ),
+        None => {
+            info!(
+                "no application given: it will be loaded on the first request from the web.config in APPL_PHYSICAL_PATH (IIS)"
+            );
+            AppState::Deferred(crate::python::deferred(
+                python.clone(),
+                args.app_env.clone(),
+            ))
+        }
+    };
+    let watch_root = args.app_root.clone().or_else(|| {
+        // An explicit --restart-regex without an app folder watches the working directory.
+        args.restart_regex
+            .as_ref()
+            .filter(|r| !r.is_empty())
+            .and_then(|_| std::env::current_dir().ok())
+    });
+    if let (Some(root), Some(regex)) = (&watch_root, &restart_regex) {
+        watchers.start(root, regex, shutdown.clone());
+    }
+    let on_root: Option<pyfcgi_python::OnRoot> = match (&watch_root, restart_regex) {
+        (None, Some(regex)) => {
+            let (watchers, shutdown) = (watchers.clone(), shutdown.clone());
+            Some(Box::new(move |root: &Path| {
+                watchers.start(root, &regex, shutdown.clone());
+            }))
+        }
+        _ => None,
+    };
+    let binding = AppBinding {
+        root: args.app_root.clone(),
+        on_root,
+    };
+    let (handler, pool) = PythonHandler::start(threads, app, cfg, binding)
         .context("cannot start the Python worker threads")?;
-    info!(app = %spec, threads, "serving a WSGI application");
-    let handler = Arc::new(handler);
+    info!(
+        app = spec
+            .as_deref()
+            .unwrap_or("(from web.config on the first request)"),
+        threads, "serving a WSGI application"
+    );
+    let handler = Arc::new(MaxRequests::new(
+        handler,
+        args.max_requests,
+        shutdown.clone(),
+    ));
     let outcome = rt.block_on(serve_async(args, Arc::clone(&handler), shutdown));
     drop(handler);
+    drop(watchers);
     if matches!(
         outcome,
         Ok(ServeOutcome::Drained | ServeOutcome::StreamClosed)
@@ -276,7 +467,7 @@ async fn serve_async<H: pyfcgi_server::Handler>(
     let bind = if let Some(b) = &args.bind {
         b.parse::<Bind>()?
     } else {
-        if inspect_fd(0).is_none() {
+        if inspect_stdin().is_none() {
             bail!(
                 "no --bind given and standard input is not a socket; use e.g. --bind 127.0.0.1:9000 or --bind unix:/run/pyfcgi.sock"
             );
@@ -322,6 +513,7 @@ async fn serve_async<H: pyfcgi_server::Handler>(
 }
 
 /// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
+#[cfg(unix)]
 fn spawn_signal_watcher(shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -342,6 +534,30 @@ fn spawn_signal_watcher(shutdown: CancellationToken) -> anyhow::Result<()> {
                 first = false;
             } else {
                 warn!(signal = name, "second signal: exiting now");
+                std::process::exit(i32::from(EXIT_GRACE_TIMEOUT));
+            }
+        }
+    });
+    Ok(())
+}
+
+/// IIS's `_FCGI_SHUTDOWN_EVENT_` (research/iis-fastcgi.md §1.7), or Ctrl+C in a console,
+/// starts a graceful shutdown; a second Ctrl+C exits at once.
+#[cfg(windows)]
+fn spawn_signal_watcher(shutdown: CancellationToken) -> anyhow::Result<()> {
+    if pyfcgi_server::process::watch_shutdown_event(shutdown.clone())? {
+        info!("watching IIS's shutdown event");
+    }
+    tokio::spawn(async move {
+        let mut first = true;
+        // Without a console (as under IIS) this never fires.
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if first {
+                info!("Ctrl+C: shutting down gracefully (press again to exit at once)");
+                shutdown.cancel();
+                first = false;
+            } else {
+                warn!("second Ctrl+C: exiting now");
                 std::process::exit(i32::from(EXIT_GRACE_TIMEOUT));
             }
         }

@@ -7,8 +7,13 @@
 
 mod support;
 
+mod app_loading;
 mod cgi_fcgi;
 mod cli;
 mod hostile;
+mod iis_cli;
+mod iis_lifecycle;
 mod lifecycle;
 mod nginx;
+mod python_nginx;
+mod wsgi;

@@ -25,10 +25,10 @@ fn repo() -> &'static Path {
 fn venv() -> &'static str {
     static VENV: OnceLock<String> = OnceLock::new();
     VENV.get_or_init(|| {
-        if let Ok(v) = std::env::var("PYFCGI_VENV") {
-            if Path::new(&v).join("bin/python").exists() {
-                return v;
-            }
+        if let Ok(v) = std::env::var("PYFCGI_VENV")
+            && Path::new(&v).join("bin/python").exists()
+        {
+            return v;
         }
         let out = Command::new(repo().join("scripts/setup-python"))
             .output()

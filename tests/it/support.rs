@@ -111,10 +111,10 @@ impl Server {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("serving listen=") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line.clone());
-                    }
+                if line.contains("serving listen=")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line.clone());
                 }
                 let mut l = log2.lock().unwrap();
                 l.push_str(&line);
@@ -481,10 +481,10 @@ impl Server {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("serving listen=") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line.clone());
-                    }
+                if line.contains("serving listen=")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line.clone());
                 }
                 let mut l = log2.lock().unwrap();
                 l.push_str(&line);
@@ -615,4 +615,28 @@ pub fn run_pyfcgi(
         stderr,
         elapsed,
     }
+}
+
+/// Like [`request_bytes`], with params as raw bytes (not necessarily UTF-8) and the body sent
+/// in `STDIN` records of at most `piece` bytes (0: as few records as possible).
+pub fn request_bytes_raw(
+    id: u16,
+    keep_conn: bool,
+    params: &[(&[u8], &[u8])],
+    body: &[u8],
+    piece: usize,
+) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode::begin_request(&mut out, id, Role::Responder, keep_conn);
+    encode::params(&mut out, id, params).unwrap();
+    encode::params_end(&mut out, id);
+    if piece == 0 {
+        encode::stdin(&mut out, id, body);
+    } else {
+        for p in body.chunks(piece) {
+            encode::stdin(&mut out, id, p);
+        }
+    }
+    encode::stdin_end(&mut out, id);
+    out.to_vec()
 }

@@ -129,7 +129,7 @@ impl fmt::Display for Address {
     }
 }
 
-/// A connected transport: TCP or (on Unix) a Unix domain socket.
+/// A connected transport: TCP, a Unix domain socket (Unix) or a named pipe (Windows).
 #[derive(Debug)]
 pub enum Stream {
     /// A TCP connection.
@@ -137,6 +137,9 @@ pub enum Stream {
     /// A Unix domain socket connection.
     #[cfg(unix)]
     Unix(UnixStream),
+    /// The client end of a named pipe (what IIS talks to its FastCGI processes over).
+    #[cfg(windows)]
+    Pipe(tokio::net::windows::named_pipe::NamedPipeClient),
 }
 
 impl AsyncRead for Stream {
@@ -149,6 +152,8 @@ impl AsyncRead for Stream {
             Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             #[cfg(unix)]
             Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(windows)]
+            Self::Pipe(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -163,6 +168,8 @@ impl AsyncWrite for Stream {
             Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             #[cfg(unix)]
             Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(windows)]
+            Self::Pipe(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -175,6 +182,8 @@ impl AsyncWrite for Stream {
             Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             #[cfg(unix)]
             Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(windows)]
+            Self::Pipe(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -183,6 +192,8 @@ impl AsyncWrite for Stream {
             Self::Tcp(s) => s.is_write_vectored(),
             #[cfg(unix)]
             Self::Unix(s) => s.is_write_vectored(),
+            #[cfg(windows)]
+            Self::Pipe(s) => s.is_write_vectored(),
         }
     }
 
@@ -191,6 +202,8 @@ impl AsyncWrite for Stream {
             Self::Tcp(s) => Pin::new(s).poll_flush(cx),
             #[cfg(unix)]
             Self::Unix(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(windows)]
+            Self::Pipe(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -199,6 +212,8 @@ impl AsyncWrite for Stream {
             Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             #[cfg(unix)]
             Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(windows)]
+            Self::Pipe(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -6,7 +6,10 @@
 //!
 //! Exit codes: 0 success; 1 usage, connect or spawn error; 2 protocol error, connection closed
 //! early, invalid CGI response or timeout; 3 the application refused the request
-//! (`FCGI_END_REQUEST` with a protocol status other than `FCGI_REQUEST_COMPLETE`).
+//! (`FCGI_END_REQUEST` with a protocol status other than `FCGI_REQUEST_COMPLETE`); 4 a body
+//! differs from `--expect-body`. With `--shutdown-after`, a responder that exits non-zero
+//! makes the exit status its exit code (255 when that does not fit), and 124 means it did not
+//! exit.
 
 use std::io::Write;
 use std::time::Duration;
@@ -16,14 +19,17 @@ use clap::ArgGroup;
 use pyfcgi_proto::ProtocolStatus;
 
 use crate::{Address, ClientError, Connection, Request, Response, Stream};
-#[cfg(unix)]
 use crate::{ChildOutput, Spawned};
 
 /// Management values `--get-values` asks for (spec §4.1).
 const VALUE_NAMES: [&str; 3] = ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"];
 
-/// How long a spawned responder gets to exit after its connection closes.
+/// How long a spawned responder gets to exit after its connection closes (or after
+/// `--shutdown-after` asked it to).
 const CHILD_GRACE: Duration = Duration::from_secs(5);
+
+/// Exit status when a responder told to shut down (`--shutdown-after`) did not exit.
+const EXIT_CHILD_STAYED: i32 = 124;
 
 /// Arguments of `pyfcgi request`.
 #[derive(Debug, Clone, clap::Args)]
@@ -39,15 +45,24 @@ pub struct RequestArgs {
     #[arg(long, value_name = "ADDR")]
     pub connect: Option<String>,
 
-    /// Start the responder given after `--` as IIS does: its stdin is a connected socket, and
-    /// every request is sent on that one kept connection.
+    /// Start the responder given after `--` as IIS does: its stdin is an already-connected
+    /// stream (on Windows IIS's named pipe, with _FCGI_X_PIPE_ and _FCGI_SHUTDOWN_EVENT_, and
+    /// with --iis also no stdout/stderr; on Unix a socket pair), and every request is sent on
+    /// that one kept connection.
     #[arg(long)]
     pub spawn: bool,
 
-    /// Start the responder given after `--` with a listening Unix socket as its stdin
-    /// (FCGI_LISTENSOCK_FILENO) and connect to it.
+    /// Start the responder given after `--` with a listening socket as its stdin and connect
+    /// to it: a Unix socket (FCGI_LISTENSOCK_FILENO) on Unix, a TCP socket on 127.0.0.1 as
+    /// IIS's protocol="Tcp" does on Windows.
     #[arg(long)]
     pub spawn_listen: bool,
+
+    /// Ask the spawned responder to shut down while request N is in flight (Windows: signal
+    /// _FCGI_SHUTDOWN_EVENT_; Unix: SIGTERM), send no request after it, and report how the
+    /// responder exited ("child exited with code X"); a non-zero code becomes the exit status.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub shutdown_after: Option<u32>,
 
     /// HTTP method [default: GET, or POST when a body is given].
     #[arg(short = 'X', long = "request", value_name = "METHOD")]
@@ -65,6 +80,11 @@ pub struct RequestArgs {
     /// Request body sent exactly as given: DATA, @FILE or @- for stdin.
     #[arg(long, value_name = "DATA")]
     pub data_binary: Option<String>,
+
+    /// Check that every response body is exactly DATA or the contents of @FILE; exit with 4
+    /// at the first one that differs.
+    #[arg(long, value_name = "DATA")]
+    pub expect_body: Option<String>,
 
     /// Extra FastCGI param NAME=VALUE, replacing a derived one of the same name (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE")]
@@ -136,6 +156,10 @@ pub async fn run(args: RequestArgs, out: &mut impl Write) -> Result<i32, ClientE
     } else {
         Some(build_request(&args).await?)
     };
+    let expect = match &args.expect_body {
+        Some(spec) => Some(load_body(spec, false).await?),
+        None => None,
+    };
     let mut session = within(
         limit,
         "the responder to accept a connection",
@@ -145,15 +169,7 @@ pub async fn run(args: RequestArgs, out: &mut impl Write) -> Result<i32, ClientE
     let result = match &request {
         None => print_values(&mut session, limit, out).await,
         Some(request) => {
-            send_all(
-                &mut session,
-                request,
-                args.repeat,
-                args.body_only,
-                limit,
-                out,
-            )
-            .await
+            send_all(&mut session, request, &args, expect.as_deref(), limit, out).await
         }
     };
     session.close(result.is_err()).await;
@@ -186,12 +202,26 @@ fn check_usage(args: &RequestArgs) -> Result<(), ClientError> {
             args.command.join(" ")
         )));
     }
-    if args.spawn && !args.keep_conn() && args.repeat > 1 {
+    // On Windows the pipe takes a new client once the responder has disconnected the last.
+    if cfg!(unix) && args.spawn && !args.keep_conn() && args.repeat > 1 {
         return Err(ClientError::Usage(
             "--spawn has a single connection, so --repeat needs FCGI_KEEP_CONN: drop \
              --no-keep-conn or use --spawn-listen"
                 .to_owned(),
         ));
+    }
+    if let Some(n) = args.shutdown_after {
+        if !spawning {
+            return Err(ClientError::Usage(
+                "--shutdown-after needs a responder this command starts (--spawn or --spawn-listen)"
+                    .to_owned(),
+            ));
+        }
+        if n > args.repeat {
+            return Err(ClientError::Usage(format!(
+                "--shutdown-after {n} needs at least {n} requests: add --repeat {n}"
+            )));
+        }
     }
     Ok(())
 }
@@ -292,7 +322,6 @@ struct Session {
     conn: Option<Connection<Stream>>,
     /// Set for --connect, to open further connections.
     address: Option<Address>,
-    #[cfg(unix)]
     child: Option<Spawned>,
 }
 
@@ -304,34 +333,29 @@ impl Session {
             return Ok(Self {
                 conn: Some(conn),
                 address: Some(address),
-                #[cfg(unix)]
                 child: None,
             });
         }
         Self::spawn(args).await
     }
 
-    #[cfg(unix)]
     async fn spawn(args: &RequestArgs) -> Result<Self, ClientError> {
-        let (child, conn) = if args.spawn {
-            Spawned::connected(&args.command, ChildOutput::ToStderr).await?
+        // With --iis on Windows the child gets exactly what IIS gives it: no stdout/stderr.
+        let output = if cfg!(windows) && args.iis {
+            ChildOutput::Null
         } else {
-            Spawned::listening(&args.command, ChildOutput::ToStderr).await?
+            ChildOutput::ToStderr
+        };
+        let (child, conn) = if args.spawn {
+            Spawned::connected(&args.command, output).await?
+        } else {
+            Spawned::listening(&args.command, output).await?
         };
         Ok(Self {
             conn: Some(conn),
             address: None,
             child: Some(child),
         })
-    }
-
-    #[cfg(not(unix))]
-    async fn spawn(_args: &RequestArgs) -> Result<Self, ClientError> {
-        Err(ClientError::Usage(
-            "--spawn and --spawn-listen are only available on Unix; start the responder \
-             yourself and use --connect"
-                .to_owned(),
-        ))
     }
 
     /// The current connection, or a new one when the last was not kept.
@@ -348,7 +372,6 @@ impl Session {
         Ok(self.conn.insert(conn))
     }
 
-    #[cfg(unix)]
     async fn reconnect_child(&mut self) -> Result<Connection<Stream>, ClientError> {
         match &mut self.child {
             Some(child) => child.connect().await,
@@ -358,26 +381,16 @@ impl Session {
         }
     }
 
-    #[cfg(not(unix))]
-    async fn reconnect_child(&mut self) -> Result<Connection<Stream>, ClientError> {
-        Err(ClientError::ConnectionUnusable(
-            "there is no responder to reconnect to",
-        ))
-    }
-
     /// Closes the connection and stops a spawned responder; after a failure, says whether the
     /// responder died (the likely cause).
     async fn close(mut self, failed: bool) {
         self.conn = None;
-        #[cfg(unix)]
         if let Some(mut child) = self.child.take() {
-            if failed {
-                if let Some(status) = child.try_wait() {
-                    note(&format!(
-                        "the responder `{}` exited ({status})",
-                        child.command()
-                    ));
-                }
+            if failed && let Some(status) = child.try_wait() {
+                note(&format!(
+                    "the responder `{}` exited ({status})",
+                    child.command()
+                ));
             }
             match child.shutdown(CHILD_GRACE).await {
                 Ok(status) if !status.success() && !failed => {
@@ -387,8 +400,6 @@ impl Session {
                 Err(e) => tracing::debug!("stopping the responder: {}", e.report()),
             }
         }
-        #[cfg(not(unix))]
-        let _ = failed;
     }
 }
 
@@ -425,25 +436,108 @@ async fn print_values(
 async fn send_all(
     session: &mut Session,
     request: &Request,
-    repeat: u32,
-    body_only: bool,
+    args: &RequestArgs,
+    expect: Option<&[u8]>,
     limit: Option<Duration>,
     out: &mut impl Write,
 ) -> Result<i32, ClientError> {
-    for _ in 0..repeat {
-        let conn = within(
-            limit,
-            "the responder to accept a connection",
-            session.connection(),
-        )
-        .await?;
-        let response = within(limit, "the response", conn.request(request)).await?;
-        let code = print_response(&response, body_only, out)?;
+    let count = args.shutdown_after.unwrap_or(args.repeat);
+    for n in 1..=count {
+        let shutdown_now = args.shutdown_after == Some(n);
+        // The child is set aside while the connection (borrowed from the session) is in use.
+        let child = if shutdown_now {
+            session.child.take()
+        } else {
+            None
+        };
+        let response = exchange(session, request, limit, child.as_ref()).await;
+        if let Some(child) = child {
+            session.child = Some(child);
+        }
+        let response = response?;
+        let code = print_response(&response, args.body_only, out)?;
         if code != 0 {
             return Ok(code);
         }
+        if let Some(expected) = expect {
+            check_body(n, &response.head()?.body, expected)?;
+        }
+    }
+    if expect.is_some() {
+        note(&format!("{count} response bodies matched --expect-body"));
+    }
+    if args.shutdown_after.is_some() {
+        return Ok(report_child_exit(session).await);
     }
     Ok(0)
+}
+
+/// Sends one request; with `shutdown`, asks that child to shut down while the request is in
+/// flight.
+async fn exchange(
+    session: &mut Session,
+    request: &Request,
+    limit: Option<Duration>,
+    shutdown: Option<&Spawned>,
+) -> Result<Response, ClientError> {
+    let conn = within(
+        limit,
+        "the responder to accept a connection",
+        session.connection(),
+    )
+    .await?;
+    let response = within(limit, "the response", conn.request(request));
+    let Some(child) = shutdown else {
+        return response.await;
+    };
+    // `join!` polls the request first: its records are on their way before the signal.
+    let (response, ()) = tokio::join!(response, async { child.request_shutdown() });
+    response
+}
+
+/// After `--shutdown-after`: waits for the responder to exit on its own (the connection still
+/// open) and says how it went. Returns the exit status for `pyfcgi request`.
+async fn report_child_exit(session: &mut Session) -> i32 {
+    let Some(child) = session.child.as_mut() else {
+        return 0;
+    };
+    let Some(status) = child.wait_for_exit(CHILD_GRACE).await else {
+        note(&format!(
+            "child did not exit within {} s of the shutdown request",
+            CHILD_GRACE.as_secs()
+        ));
+        return EXIT_CHILD_STAYED;
+    };
+    let Some(code) = status.code() else {
+        note(&format!("child was killed ({status})"));
+        return 255;
+    };
+    note(&format!("child exited with code {code}"));
+    if code == 0 {
+        0
+    } else {
+        u8::try_from(code)
+            .ok()
+            .filter(|c| *c != 0)
+            .map_or(255, i32::from)
+    }
+}
+
+fn check_body(n: u32, got: &[u8], expected: &[u8]) -> Result<(), ClientError> {
+    if got == expected {
+        return Ok(());
+    }
+    let first_difference = got
+        .iter()
+        .zip(expected)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(expected.len()));
+    Err(ClientError::BodyMismatch {
+        request: n,
+        got: got.len(),
+        expected: expected.len(),
+        first_difference,
+    })
 }
 
 /// Prints one response; returns 3 for a refused request.
@@ -585,7 +679,33 @@ mod tests {
         let args = parse(&["--connect", "h:1", "--", "cmd"]).unwrap();
         assert!(check_usage(&args).is_err());
         let args = parse(&["--spawn", "--no-keep-conn", "--repeat", "2", "--", "x"]).unwrap();
-        assert!(check_usage(&args).is_err());
+        // Only Unix's socket pair is single-use; IIS's pipe takes the next client.
+        assert_eq!(check_usage(&args).is_err(), cfg!(unix));
+        let args = parse(&["--connect", "h:1", "--shutdown-after", "1"]).unwrap();
+        assert!(
+            check_usage(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("--spawn")
+        );
+        let args = parse(&["--spawn", "--shutdown-after", "2", "--", "x"]).unwrap();
+        assert!(
+            check_usage(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("--repeat 2")
+        );
+        let args = parse(&[
+            "--spawn",
+            "--shutdown-after",
+            "2",
+            "--repeat",
+            "3",
+            "--",
+            "x",
+        ]);
+        assert!(check_usage(&args.unwrap()).is_ok());
+        assert!(parse(&["--spawn", "--shutdown-after", "0", "--", "x"]).is_err());
         assert!(timeout_from_secs(-1.0).is_err());
         assert_eq!(timeout_from_secs(0.0).unwrap(), None);
     }
@@ -640,6 +760,17 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let err = load_body("@/nonexistent/body", false).await.unwrap_err();
         assert!(err.to_string().contains("/nonexistent/body"));
+    }
+
+    #[test]
+    fn body_mismatch_names_the_first_difference() {
+        assert!(check_body(1, b"abc", b"abc").is_ok());
+        let err = check_body(7, b"abXd", b"abcd").unwrap_err();
+        assert_eq!(err.exit_code(), 4);
+        assert!(err.to_string().contains("response 7"), "{err}");
+        assert!(err.to_string().contains("byte 2"), "{err}");
+        let err = check_body(1, b"ab", b"abc").unwrap_err();
+        assert!(err.to_string().contains("2 bytes, expected 3"), "{err}");
     }
 
     fn complete(stdout: &'static [u8]) -> Response {

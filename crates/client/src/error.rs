@@ -126,6 +126,21 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    /// A response body is not the one `--expect-body` gave.
+    #[error(
+        "response {request}: the body differs from --expect-body ({got} bytes, expected \
+         {expected}; first difference at byte {first_difference})"
+    )]
+    BodyMismatch {
+        /// Which response (1 = the first).
+        request: u32,
+        /// Its body length.
+        got: usize,
+        /// The expected length.
+        expected: usize,
+        /// Offset of the first differing byte.
+        first_difference: usize,
+    },
     /// Writing the response to our output failed.
     #[error("cannot write the response to standard output")]
     Output(#[source] io::Error),
@@ -133,7 +148,8 @@ pub enum ClientError {
 
 impl ClientError {
     /// The `pyfcgi request` exit code for this error: 1 for usage, connection and setup
-    /// problems, 2 for protocol errors, early closes and timeouts. (3, a refused request, is
+    /// problems, 2 for protocol errors, early closes and timeouts, 4 for a body that differs
+    /// from `--expect-body`. (3, a refused request, is
     /// not an error; see [`crate::cli::run`].)
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -146,6 +162,7 @@ impl ClientError {
             | Self::ConnectionUnusable(_)
             | Self::MalformedResponse(_)
             | Self::Timeout { .. } => 2,
+            Self::BodyMismatch { .. } => 4,
             _ => 1,
         }
     }

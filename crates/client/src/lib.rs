@@ -8,8 +8,9 @@
 //! * [`Connection`]: one FastCGI connection; sends requests one at a time, writing the body
 //!   while it reads the response, and answers with a [`Response`].
 //! * [`Response`]: what the application sent; [`Response::head`] parses the CGI header block.
-//! * `Spawned` (Unix): starts a responder the way IIS does (a connected socket on stdin) or the
-//!   way the FastCGI spec does (a listening socket on stdin).
+//! * [`Spawned`]: starts a responder the way a web server does: on Windows exactly as IIS does
+//!   (its named pipe, or a listening socket, on stdin); on Unix with a connected socket pair
+//!   (IIS emulation) or a listening socket (FastCGI spec §2.2).
 //! * [`cli`]: the `pyfcgi request` command.
 //!
 //! ```
@@ -34,7 +35,6 @@ mod error;
 mod fake_responder;
 mod request;
 mod response;
-#[cfg(unix)]
 mod spawn;
 
 pub use address::{Address, Stream};
@@ -43,5 +43,4 @@ pub use error::ClientError;
 pub use pyfcgi_proto::{Params, ProtocolStatus};
 pub use request::{Request, RequestBuilder};
 pub use response::{HeadError, Response, ResponseHead};
-#[cfg(unix)]
 pub use spawn::{ChildOutput, Spawned};

@@ -195,12 +195,12 @@ fn percent_decode(path: &str) -> Vec<u8> {
                 .and_then(|&b| (b as char).to_digit(16))
                 .map(|d| d as u8)
         };
-        if bytes[i] == b'%' {
-            if let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2)) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;

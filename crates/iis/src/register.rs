@@ -4,8 +4,14 @@
 //! character for character (research: iis-fastcgi.md §1.1).
 //!
 //! Updating an existing `web.config` keeps everything else in it: only the `pyfcgi` handler,
-//! pyfcgi's `<location>` blocks and the keys pyfcgi sets in `<appSettings>` are replaced, so
-//! running `enable` twice gives the same file.
+//! pyfcgi's `<location>` blocks and `WSGI_HANDLER` (when an app is given) are replaced;
+//! `PYTHONPATH` and `WSGI_LOG` are added only when missing. Running `enable` twice gives the
+//! same file, and removal takes out only what still has the values `enable` writes.
+//!
+//! It also reads what is there ([`SiteFastCgi`], [`fastcgi_applications`],
+//! [`Registration::from_script_processor`]) for `pyfcgi doctor` and `disable`, and quotes and
+//! splits command lines with the Windows C runtime's rules ([`quote_always`],
+//! [`split_command_line`]), which is how appcmd and pyfcgi.exe read theirs.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +22,9 @@ use crate::IisError;
 /// The handler name pyfcgi registers.
 pub const HANDLER_NAME: &str = "pyfcgi";
 
+/// appCmd as the commands are printed; `%windir%` is expanded by whoever runs them.
+pub const APPCMD: &str = r"%windir%\system32\inetsrv\appcmd.exe";
+
 /// Which framework the site uses (decides the static folders excluded from the handler).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavour {
@@ -25,6 +34,16 @@ pub enum Flavour {
     Flask,
     /// Django: `/static` and `/media` are served by IIS (after `collectstatic`).
     Django,
+}
+
+impl std::fmt::Display for Flavour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Generic => "generic",
+            Self::Flask => "flask",
+            Self::Django => "django",
+        })
+    }
 }
 
 impl std::str::FromStr for Flavour {
@@ -103,6 +122,31 @@ impl Registration {
         format!("{}|{}", self.exe.display(), self.arguments())
     }
 
+    /// The registration a `scriptProcessor` written by [`Registration::script_processor`]
+    /// describes (exe, app root, app, venv; other settings at their defaults), or `None` when
+    /// it is not one (wfastcgi's `python.exe|wfastcgi.py`, hand-edited arguments).
+    pub fn from_script_processor(script_processor: &str) -> Option<Self> {
+        let (exe, arguments) = script_processor.split_once('|')?;
+        let mut words = split_command_line(arguments).into_iter();
+        if words.next()? != "serve" {
+            return None;
+        }
+        let (mut app_root, mut app, mut venv) = (None, None, None);
+        while let Some(flag) = words.next() {
+            let value = words.next()?;
+            match flag.as_str() {
+                "--app-root" => app_root = Some(PathBuf::from(value)),
+                "--app" => app = Some(value),
+                "--venv" => venv = Some(PathBuf::from(value)),
+                _ => return None,
+            }
+        }
+        let mut r = Self::new(PathBuf::from(exe), app_root?);
+        r.app = app;
+        r.venv = venv;
+        Some(r)
+    }
+
     fn fastcgi_key(&self) -> String {
         format!(
             "[fullPath='{}',arguments='{}']",
@@ -115,28 +159,61 @@ impl Registration {
     /// entry, if any, is removed first; appcmd's error for a missing one is harmless).
     pub fn appcmd_enable(&self) -> Vec<String> {
         let section = "-section:system.webServer/fastCgi";
+        let add = format!(
+            "/+[fullPath='{}',arguments='{}',signalBeforeTerminateSeconds='{}',instanceMaxRequests='{}',activityTimeout='{}',requestTimeout='{}',protocol='NamedPipe']",
+            self.exe.display(),
+            self.arguments(),
+            self.signal_before_terminate,
+            self.instance_max_requests,
+            self.timeout,
+            self.timeout,
+        );
         vec![
             format!(
-                r#"%windir%\system32\inetsrv\appcmd.exe set config {section} "/-{}" /commit:apphost"#,
-                self.fastcgi_key()
+                r"{APPCMD} set config {section} {} /commit:apphost",
+                quote_always(&format!("/-{}", self.fastcgi_key()))
             ),
             format!(
-                r#"%windir%\system32\inetsrv\appcmd.exe set config {section} "/+[fullPath='{}',arguments='{}',signalBeforeTerminateSeconds='{}',instanceMaxRequests='{}',activityTimeout='{}',requestTimeout='{}',protocol='NamedPipe']" /commit:apphost"#,
-                self.exe.display(),
-                self.arguments(),
-                self.signal_before_terminate,
-                self.instance_max_requests,
-                self.timeout,
-                self.timeout,
+                r"{APPCMD} set config {section} {} /commit:apphost",
+                quote_always(&add)
             ),
         ]
+    }
+
+    /// The `<application>` element [`Registration::appcmd_enable`] leaves in
+    /// applicationHost.config's `<system.webServer><fastCgi>`, for reading and for admins who
+    /// edit that file by hand.
+    pub fn fastcgi_application_xml(&self) -> String {
+        let mut app = Element::new("application");
+        for (k, v) in [
+            ("fullPath", self.exe.display().to_string()),
+            ("arguments", self.arguments()),
+            (
+                "signalBeforeTerminateSeconds",
+                self.signal_before_terminate.to_string(),
+            ),
+            (
+                "instanceMaxRequests",
+                self.instance_max_requests.to_string(),
+            ),
+            ("activityTimeout", self.timeout.to_string()),
+            ("requestTimeout", self.timeout.to_string()),
+            ("protocol", "NamedPipe".to_owned()),
+        ] {
+            app.attributes.insert(k.into(), v);
+        }
+        let mut out = Vec::new();
+        let config = EmitterConfig::new().write_document_declaration(false);
+        // Writing to a Vec cannot fail, and attribute values are escaped by the emitter.
+        let _ = app.write_with_config(&mut out, config);
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// The appcmd command that removes the FastCGI application.
     pub fn appcmd_disable(&self) -> Vec<String> {
         vec![format!(
-            r#"%windir%\system32\inetsrv\appcmd.exe set config -section:system.webServer/fastCgi "/-{}" /commit:apphost"#,
-            self.fastcgi_key()
+            r"{APPCMD} set config -section:system.webServer/fastCgi {} /commit:apphost",
+            quote_always(&format!("/-{}", self.fastcgi_key()))
         )]
     }
 
@@ -179,28 +256,54 @@ impl Registration {
             handlers.children.retain(|n| !is_add_named(n, HANDLER_NAME));
         }
         root.children.retain(|n| !is_pyfcgi_location(n));
+        // Only the values `enable` writes: a key the site had before keeps its own value.
         if let Some(settings) = root.get_mut_child("appSettings") {
-            let keys: Vec<&str> = self.app_settings().iter().map(|(k, _)| *k).collect();
+            let ours = self.app_settings();
             settings.children.retain(|n| match n {
-                XMLNode::Element(e) if e.name == "add" => !e
-                    .attributes
-                    .get("key")
-                    .is_some_and(|k| keys.contains(&k.as_str())),
+                XMLNode::Element(e) if e.name == "add" => !ours.iter().any(|(k, v)| {
+                    e.attributes
+                        .get("key")
+                        .is_some_and(|key| key.eq_ignore_ascii_case(k))
+                        && e.attributes.get("value") == Some(v)
+                }),
                 _ => true,
             });
         }
+        // The containers `apply` created, if nothing else lives in them now.
+        if let Some(web_server) = root.get_mut_child("system.webServer") {
+            prune_if_blank(web_server, "handlers");
+        }
+        prune_if_blank(&mut root, "system.webServer");
+        prune_if_blank(&mut root, "appSettings");
         emit(&root, path)
     }
 
     fn apply(&self, root: &mut Element) {
-        // <appSettings>: set pyfcgi's keys, keep everything else.
+        // <appSettings>: set pyfcgi's keys, keep everything else. An explicit --app replaces
+        // WSGI_HANDLER; a PYTHONPATH or WSGI_LOG the site already has (a wfastcgi site being
+        // migrated) is kept, since it is what the app was deployed with.
         let settings = ensure_child(root, "appSettings");
         for (key, value) in self.app_settings() {
-            settings.children.retain(|n| !matches!(n, XMLNode::Element(e) if e.name == "add" && e.attributes.get("key").is_some_and(|k| k.eq_ignore_ascii_case(key))));
-            let mut add = Element::new("add");
-            add.attributes.insert("key".into(), key.into());
-            add.attributes.insert("value".into(), value);
-            settings.children.push(XMLNode::Element(add));
+            let is_key = |n: &XMLNode| matches!(n, XMLNode::Element(e) if e.name == "add" && e.attributes.get("key").is_some_and(|k| k.eq_ignore_ascii_case(key)));
+            let Some(first) = settings.children.iter().position(is_key) else {
+                let mut add = Element::new("add");
+                add.attributes.insert("key".into(), key.into());
+                add.attributes.insert("value".into(), value);
+                settings.children.push(XMLNode::Element(add));
+                continue;
+            };
+            if key == "WSGI_HANDLER" {
+                // Updated in place, so a second run gives the same file.
+                if let XMLNode::Element(e) = &mut settings.children[first] {
+                    e.attributes.insert("key".into(), key.into());
+                    e.attributes.insert("value".into(), value);
+                }
+                let mut index = 0;
+                settings.children.retain(|n| {
+                    index += 1;
+                    index - 1 == first || !is_key(n)
+                });
+            }
         }
         // <system.webServer><handlers>: one pyfcgi handler for every path.
         let handlers = ensure_path(root, &["system.webServer", "handlers"]);
@@ -236,6 +339,145 @@ impl Registration {
     }
 }
 
+/// A FastCGI handler mapping (`<handlers><add modules="FastCgiModule">`) of a web.config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerMapping {
+    /// `name`.
+    pub name: String,
+    /// `path` (`*` for pyfcgi's).
+    pub path: String,
+    /// `scriptProcessor`: `fullPath|arguments` of a `<fastCgi>` application.
+    pub script_processor: String,
+    /// `responseBufferLimit`, when set.
+    pub response_buffer_limit: Option<String>,
+}
+
+/// What a site's `web.config` says about FastCGI.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiteFastCgi {
+    /// The FastCGI handler mappings of the file's top level (not inside `<location>`), after
+    /// its own `<remove>` and `<clear/>`, in order.
+    pub handlers: Vec<HandlerMapping>,
+    /// The file has a `<system.webServer><fastCgi>` section, which IIS does not read there:
+    /// the section is `allowDefinition="AppHostOnly"`.
+    pub has_fastcgi_section: bool,
+}
+
+impl SiteFastCgi {
+    /// Reads the FastCGI parts of a web.config.
+    pub fn read(xml: &[u8], path: &Path) -> Result<Self, IisError> {
+        let root = parse(xml, path)?;
+        let Some(web_server) = root.get_child("system.webServer") else {
+            return Ok(Self::default());
+        };
+        let mut handlers = Vec::new();
+        for e in web_server
+            .get_child("handlers")
+            .into_iter()
+            .flat_map(|h| h.children.iter().filter_map(XMLNode::as_element))
+        {
+            let attr = |k: &str| e.attributes.get(k).cloned();
+            let name = attr("name").unwrap_or_default();
+            match e.name.as_str() {
+                "clear" => handlers.clear(),
+                "remove" => {
+                    handlers.retain(|h: &HandlerMapping| !h.name.eq_ignore_ascii_case(&name));
+                }
+                "add"
+                    if attr("modules").is_some_and(|m| m.eq_ignore_ascii_case("FastCgiModule")) =>
+                {
+                    handlers.push(HandlerMapping {
+                        name,
+                        path: attr("path").unwrap_or_default(),
+                        script_processor: attr("scriptProcessor").unwrap_or_default(),
+                        response_buffer_limit: attr("responseBufferLimit"),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(Self {
+            handlers,
+            has_fastcgi_section: web_server.get_child("fastCgi").is_some(),
+        })
+    }
+
+    /// pyfcgi's handler ([`HANDLER_NAME`]), if present.
+    pub fn pyfcgi_handler(&self) -> Option<&HandlerMapping> {
+        self.handlers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(HANDLER_NAME))
+    }
+}
+
+/// A `<system.webServer><fastCgi><application>` of applicationHost.config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastCgiApplication {
+    /// `fullPath`.
+    pub full_path: String,
+    /// `arguments`.
+    pub arguments: String,
+    /// Every attribute, as written.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl FastCgiApplication {
+    /// The `scriptProcessor` a handler mapping must use for this application.
+    pub fn script_processor(&self) -> String {
+        format!("{}|{}", self.full_path, self.arguments)
+    }
+
+    /// An attribute's value (case-insensitive name).
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The FastCGI applications registered in an applicationHost.config.
+pub fn fastcgi_applications(xml: &[u8], path: &Path) -> Result<Vec<FastCgiApplication>, IisError> {
+    let root = parse(xml, path)?;
+    let apps = root
+        .get_child("system.webServer")
+        .and_then(|w| w.get_child("fastCgi"))
+        .into_iter()
+        .flat_map(|f| f.children.iter().filter_map(XMLNode::as_element))
+        .filter(|e| e.name == "application")
+        .map(|e| FastCgiApplication {
+            full_path: e.attributes.get("fullPath").cloned().unwrap_or_default(),
+            arguments: e.attributes.get("arguments").cloned().unwrap_or_default(),
+            attributes: e
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+        .collect();
+    Ok(apps)
+}
+
+/// True when `xml` is a `<configuration>` with nothing in it (what `disable` leaves of a
+/// web.config that `enable` created).
+pub fn is_empty_web_config(xml: &[u8], path: &Path) -> Result<bool, IisError> {
+    let root = parse(xml, path)?;
+    Ok(root.attributes.is_empty() && is_blank(&root))
+}
+
+fn is_blank(e: &Element) -> bool {
+    e.children
+        .iter()
+        .all(|n| matches!(n, XMLNode::Text(t) if t.trim().is_empty()))
+}
+
+/// Removes `parent`'s child `name` when it has nothing left in it.
+fn prune_if_blank(parent: &mut Element, name: &str) {
+    parent.children.retain(
+        |n| !matches!(n, XMLNode::Element(e) if e.name == name && e.attributes.is_empty() && is_blank(e)),
+    );
+}
+
 /// Joins path parts with the separator `root` already uses, so a Windows path stays a Windows
 /// path when generated on Linux (dry runs, tests).
 fn join_like(root: &Path, parts: &[&str]) -> String {
@@ -254,7 +496,87 @@ fn quote(s: &str) -> String {
     if !s.is_empty() && !s.contains([' ', '\t', '"']) {
         return s.to_owned();
     }
-    format!("\"{}\"", s.replace('"', "\\\""))
+    quote_always(s)
+}
+
+/// Wraps `s` in double quotes the way the Microsoft C runtime unquotes it
+/// (`CommandLineToArgvW`): a `"` inside becomes `\"`, and backslashes are doubled only where
+/// they precede a quote (so `C:\dir\` stays a path, not an escaped quote).
+pub fn quote_always(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    let mut backslashes = 0;
+    for c in s.chars() {
+        if c == '\\' {
+            backslashes += 1;
+            continue;
+        }
+        let n = if c == '"' {
+            2 * backslashes + 1
+        } else {
+            backslashes
+        };
+        out.extend(std::iter::repeat_n('\\', n));
+        backslashes = 0;
+        out.push(c);
+    }
+    out.extend(std::iter::repeat_n('\\', 2 * backslashes));
+    out.push('"');
+    out
+}
+
+/// Splits a Windows command line into arguments with the Microsoft C runtime's rules (the
+/// inverse of [`quote_always`]): spaces and tabs separate arguments outside quotes, `2n`
+/// backslashes before `"` are `n` backslashes and a quote toggle, `2n+1` are `n` backslashes
+/// and a literal `"`, and `""` inside quotes is a literal `"`.
+pub fn split_command_line(s: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut in_arg = false;
+    let mut quoted = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let mut n = 1;
+                while chars.next_if_eq(&'\\').is_some() {
+                    n += 1;
+                }
+                if chars.peek() == Some(&'"') {
+                    cur.extend(std::iter::repeat_n('\\', n / 2));
+                    if n % 2 == 1 {
+                        chars.next();
+                        cur.push('"');
+                    }
+                } else {
+                    cur.extend(std::iter::repeat_n('\\', n));
+                }
+                in_arg = true;
+            }
+            '"' => {
+                if quoted && chars.next_if_eq(&'"').is_some() {
+                    cur.push('"');
+                } else {
+                    quoted = !quoted;
+                }
+                in_arg = true;
+            }
+            ' ' | '\t' if !quoted => {
+                if in_arg {
+                    args.push(std::mem::take(&mut cur));
+                    in_arg = false;
+                }
+            }
+            _ => {
+                cur.push(c);
+                in_arg = true;
+            }
+        }
+    }
+    if in_arg {
+        args.push(cur);
+    }
+    args
 }
 
 fn is_add_named(n: &XMLNode, name: &str) -> bool {
@@ -412,6 +734,129 @@ mod tests {
     }
 
     #[test]
+    fn quoting_round_trips_through_the_windows_argv_rules() {
+        for s in [
+            r"C:\My Sites\a",
+            r"C:\My Sites\",
+            r#"say "hi""#,
+            r#"a\"b"#,
+            r"\\server\share\x y",
+            "",
+        ] {
+            let quoted = quote_always(s);
+            assert_eq!(split_command_line(&quoted), [s], "{quoted}");
+        }
+        assert_eq!(
+            split_command_line(r#"serve --app-root "C:\My Sites\a" --app x:y"#),
+            ["serve", "--app-root", r"C:\My Sites\a", "--app", "x:y"]
+        );
+        assert_eq!(split_command_line(r#""a""b" c"#), [r#"a"b"#, "c"]);
+    }
+
+    #[test]
+    fn appcmd_arguments_with_quotes_survive_the_command_line() {
+        let mut r = reg();
+        r.app_root = PathBuf::from(r"C:\My Sites\a");
+        r.venv = None;
+        let cmd = &r.appcmd_enable()[1];
+        let argv = split_command_line(cmd);
+        assert_eq!(
+            argv[4],
+            format!(
+                "/+[fullPath='C:\\pyfcgi\\pyfcgi.exe',arguments='{}',signalBeforeTerminateSeconds='30',instanceMaxRequests='10000',activityTimeout='600',requestTimeout='600',protocol='NamedPipe']",
+                r.arguments()
+            ),
+            "{cmd}"
+        );
+        assert_eq!(argv[5], "/commit:apphost");
+    }
+
+    #[test]
+    fn script_processor_is_parsed_back() {
+        let mut r = reg();
+        r.app_root = PathBuf::from(r"C:\My Sites\a");
+        let back = Registration::from_script_processor(&r.script_processor()).unwrap();
+        assert_eq!(back.script_processor(), r.script_processor());
+        assert_eq!(back.app.as_deref(), Some("mysite.wsgi:application"));
+        assert!(
+            Registration::from_script_processor(r"C:\Python39\python.exe|C:\x\wfastcgi.py")
+                .is_none()
+        );
+        assert!(Registration::from_script_processor("x|serve --app-root").is_none());
+    }
+
+    #[test]
+    fn handlers_and_fastcgi_applications_are_read() {
+        let r = reg();
+        let text = r.web_config(None, Path::new("web.config")).unwrap();
+        let site = SiteFastCgi::read(text.as_bytes(), Path::new("web.config")).unwrap();
+        let h = site.pyfcgi_handler().unwrap();
+        assert_eq!(h.script_processor, r.script_processor());
+        assert!(!site.has_fastcgi_section);
+        let site = SiteFastCgi::read(
+            br#"<configuration><system.webServer><fastCgi/><handlers>
+                <add name="Python FastCGI" path="*" modules="FastCgiModule" scriptProcessor="C:\py\python.exe|C:\py\wfastcgi.py"/>
+                <add name="Gone" path="*.x" modules="FastCgiModule" scriptProcessor="x|y"/>
+                <remove name="gone"/>
+                <add name="Static" path="*.txt" modules="StaticFileModule"/>
+            </handlers></system.webServer></configuration>"#,
+            Path::new("web.config"),
+        )
+        .unwrap();
+        assert!(site.has_fastcgi_section);
+        assert_eq!(site.handlers.len(), 1);
+        assert_eq!(site.handlers[0].name, "Python FastCGI");
+        assert!(site.pyfcgi_handler().is_none());
+        let apps = fastcgi_applications(
+            br#"<configuration><system.webServer><fastCgi>
+                <application fullPath="C:\pyfcgi\pyfcgi.exe" arguments="serve --app-root C:\s" signalBeforeTerminateSeconds="30"/>
+            </fastCgi></system.webServer></configuration>"#,
+            Path::new("applicationHost.config"),
+        )
+        .unwrap();
+        assert_eq!(
+            apps[0].script_processor(),
+            r"C:\pyfcgi\pyfcgi.exe|serve --app-root C:\s"
+        );
+        assert_eq!(
+            apps[0].attribute("signalbeforeterminateseconds"),
+            Some("30")
+        );
+    }
+
+    #[test]
+    fn fastcgi_application_xml_is_what_appcmd_adds() {
+        let mut r = reg();
+        r.app_root = PathBuf::from(r"C:\My Sites\a");
+        r.venv = None;
+        let xml = r.fastcgi_application_xml();
+        assert_eq!(
+            xml,
+            r#"<application fullPath="C:\pyfcgi\pyfcgi.exe" arguments="serve --app-root &quot;C:\My Sites\a&quot; --app mysite.wsgi:application" signalBeforeTerminateSeconds="30" instanceMaxRequests="10000" activityTimeout="600" requestTimeout="600" protocol="NamedPipe" />"#
+        );
+        let wrapped = format!(
+            "<configuration><system.webServer><fastCgi>{xml}</fastCgi></system.webServer></configuration>"
+        );
+        let apps =
+            fastcgi_applications(wrapped.as_bytes(), Path::new("applicationHost.config")).unwrap();
+        assert_eq!(apps[0].script_processor(), r.script_processor());
+    }
+
+    #[test]
+    fn disable_of_a_created_file_leaves_an_empty_configuration() {
+        let mut r = reg();
+        r.flavour = Flavour::Flask;
+        let created = r.web_config(None, Path::new("web.config")).unwrap();
+        let removed = r
+            .remove_from_web_config(created.as_bytes(), Path::new("web.config"))
+            .unwrap();
+        assert!(
+            is_empty_web_config(removed.as_bytes(), Path::new("web.config")).unwrap(),
+            "{removed}"
+        );
+    }
+
+    #[test]
     fn update_keeps_other_content_and_is_idempotent() {
         let existing = br#"<?xml version="1.0" encoding="utf-8"?>
 <configuration>
@@ -465,5 +910,37 @@ mod tests {
             "{removed}"
         );
         assert!(removed.contains("OTHER") && removed.contains("StaticFileModule"));
+    }
+
+    #[test]
+    fn a_migrated_sites_pythonpath_and_log_are_kept() {
+        let existing = br#"<configuration><appSettings>
+            <add key="WSGI_HANDLER" value="mysite.wsgi.application" />
+            <add key="PYTHONPATH" value="C:\inetpub\wwwroot\mysite;C:\libs" />
+            <add key="WSGI_LOG" value="C:\logs\wfastcgi.log" />
+        </appSettings></configuration>"#;
+        let mut r = reg();
+        r.app = None;
+        let text = r
+            .web_config(Some(existing), Path::new("web.config"))
+            .unwrap();
+        let mut s = crate::webconfig::AppSettings::default();
+        s.apply_xml(text.as_bytes(), Path::new("web.config"))
+            .unwrap();
+        assert_eq!(s.get("WSGI_HANDLER"), Some("mysite.wsgi.application"));
+        assert_eq!(
+            s.get("PYTHONPATH"),
+            Some(r"C:\inetpub\wwwroot\mysite;C:\libs")
+        );
+        assert_eq!(s.get("WSGI_LOG"), Some(r"C:\logs\wfastcgi.log"));
+        // disable leaves the site's own values alone.
+        let removed = r
+            .remove_from_web_config(text.as_bytes(), Path::new("web.config"))
+            .unwrap();
+        assert!(
+            removed.contains("wfastcgi.log") && removed.contains("libs"),
+            "{removed}"
+        );
+        assert!(!removed.contains("pyfcgi"), "{removed}");
     }
 }

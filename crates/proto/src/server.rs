@@ -330,13 +330,12 @@ mod tests {
         for e in events {
             if let (Some(Event::Stdin { id: a, data: prev }), Event::Stdin { id: b, data }) =
                 (out.last_mut(), &e)
+                && a == b
             {
-                if a == b {
-                    let mut joined = prev.to_vec();
-                    joined.extend_from_slice(data);
-                    *prev = Bytes::from(joined);
-                    continue;
-                }
+                let mut joined = prev.to_vec();
+                joined.extend_from_slice(data);
+                *prev = Bytes::from(joined);
+                continue;
             }
             out.push(e);
         }

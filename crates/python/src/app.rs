@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::PythonError;
 
@@ -149,26 +149,15 @@ impl AppSpec {
                 .map_err(|e| PythonError::python(py, ctx(&format!("looking up {a}")), &e))?;
         }
         if let Some(args) = &self.call {
-            let args: Bound<'_, PyTuple> = if args.trim().is_empty() {
-                PyTuple::empty(py)
-            } else {
-                let lit = py
-                    .import("ast")
-                    .and_then(|ast| ast.call_method1("literal_eval", (format!("({args},)"),)))
-                    .map_err(|e| {
-                        PythonError::python(
-                            py,
-                            ctx("parsing the factory arguments (only literals are allowed)"),
-                            &e,
-                        )
-                    })?;
-                lit.cast_into().map_err(|_| PythonError::BadAppSpec {
-                    spec: self.raw.clone(),
-                    reason: "factory arguments must be literals".into(),
-                })?
-            };
+            let (args, kwargs) = factory_args(py, args).map_err(|e| {
+                PythonError::python(
+                    py,
+                    ctx("parsing the factory arguments (only literals are allowed)"),
+                    &e,
+                )
+            })?;
             obj = obj
-                .call1(args)
+                .call(args, Some(&kwargs))
                 .map_err(|e| PythonError::python(py, ctx("calling the application factory"), &e))?;
         }
         if !obj.is_callable() {
@@ -184,6 +173,50 @@ impl AppSpec {
         }
         Ok(obj.unbind())
     }
+}
+
+/// The positional and keyword arguments of `factory(ARGS)`, each a Python literal
+/// (`create_app('prod', debug=False)`), parsed with `ast` and evaluated with `literal_eval`.
+fn factory_args<'py>(
+    py: Python<'py>,
+    args: &str,
+) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyDict>)> {
+    let ast = py.import("ast")?;
+    let kwargs = PyDict::new(py);
+    if args.trim().is_empty() {
+        return Ok((PyTuple::empty(py), kwargs));
+    }
+    let mode = PyDict::new(py);
+    mode.set_item("mode", "eval")?;
+    let call = ast
+        .call_method("parse", (format!("f({args})"),), Some(&mode))?
+        .getattr("body")?;
+    // `f(1), g(2)` or `f(1)(2)` would parse too: only one plain argument list is accepted.
+    if !(call.is_instance(&ast.getattr("Call")?)?
+        && call.getattr("func")?.is_instance(&ast.getattr("Name")?)?)
+    {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "({args}) is not one argument list"
+        )));
+    }
+    let mut positional = Vec::new();
+    for node in call.getattr("args")?.try_iter()? {
+        positional.push(ast.call_method1("literal_eval", (node?,))?);
+    }
+    for kw in call.getattr("keywords")?.try_iter()? {
+        let kw = kw?;
+        let name = kw.getattr("arg")?;
+        if name.is_none() {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "**mapping is not allowed in factory arguments",
+            ));
+        }
+        kwargs.set_item(
+            name,
+            ast.call_method1("literal_eval", (kw.getattr("value")?,))?,
+        )?;
+    }
+    Ok((PyTuple::new(py, positional)?, kwargs))
 }
 
 fn is_identifier(s: &str) -> bool {

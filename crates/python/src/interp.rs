@@ -27,6 +27,8 @@ pub struct InterpreterOptions {
     pub chdir: Option<PathBuf>,
     /// Where to look for a `pyvenv.cfg` when no venv is named: this directory and its parents.
     pub app_dir: Option<PathBuf>,
+    /// Variables to set in the application's `os.environ` (web.config appSettings).
+    pub env: Vec<(String, String)>,
 }
 
 /// What the interpreter ended up as; logged at startup and in every diagnosis.
@@ -149,6 +151,17 @@ pub fn setup(py: Python<'_>, opts: &InterpreterOptions) -> Result<InterpreterInf
             .map_err(|e| PythonError::python(py, "applying the virtual environment", &e))?;
         info!(venv = %path.display(), from = how, "virtual environment applied");
     }
+    if !opts.env.is_empty() {
+        let environ = py
+            .import("os")
+            .and_then(|os| os.getattr("environ"))
+            .map_err(|e| PythonError::python(py, "reading os.environ", &e))?;
+        for (k, v) in &opts.env {
+            environ
+                .set_item(k, v)
+                .map_err(|e| PythonError::python(py, format!("setting os.environ[{k:?}]"), &e))?;
+        }
+    }
     let sys_path = sys
         .getattr("path")
         .and_then(|p| Ok(p.cast_into::<PyList>()?))
@@ -192,11 +205,11 @@ fn apply_venv(py: Python<'_>, sys: &Bound<'_, PyModule>, venv: &Path) -> PyResul
         .getattr("version_info")?
         .extract::<(u8, u8, u8, String, u8)>()
         .map(|v| (v.0, v.1))?;
-    if let Some(v) = pyvenv_value(venv, "version").or_else(|| pyvenv_value(venv, "version_info")) {
-        if !v.starts_with(&format!("{major}.{minor}")) {
-            warn!(venv = %venv.display(), venv_python = %v, embedded = %format!("{major}.{minor}"),
-                "the venv was made for another Python version; compiled packages in it may fail to import");
-        }
+    if let Some(v) = pyvenv_value(venv, "version").or_else(|| pyvenv_value(venv, "version_info"))
+        && !v.starts_with(&format!("{major}.{minor}"))
+    {
+        warn!(venv = %venv.display(), venv_python = %v, embedded = %format!("{major}.{minor}"),
+            "the venv was made for another Python version; compiled packages in it may fail to import");
     }
     let site_packages = venv_site_packages(venv, major, minor);
     if !site_packages.is_dir() {

@@ -20,22 +20,38 @@ mod log_stream;
 pub mod pool;
 pub mod wsgi;
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use pyfcgi_server::{Handler, Request, ResponseWriter};
 use tokio::sync::mpsc;
 
 pub use error::{PythonError, format_exception};
-pub use pool::{AppState, WorkerPool};
+pub use pool::{AppState, DeferredLoader, WorkerPool};
 pub use wsgi::WsgiConfig;
 
 use pool::Job;
+
+/// Called once with the application folder when a request first names it.
+pub type OnRoot = Box<dyn Fn(&Path) + Send + Sync>;
+
+/// Which IIS application folder this process serves.
+#[derive(Default)]
+pub struct AppBinding {
+    /// The application's folder when known at startup (`--app-root`). Otherwise the first
+    /// request's `APPL_PHYSICAL_PATH` binds the process.
+    pub root: Option<PathBuf>,
+    /// Called once when the root becomes known from a request (starts the file watcher).
+    pub on_root: Option<OnRoot>,
+}
 
 /// Serves requests with a WSGI application on a [`WorkerPool`].
 pub struct PythonHandler {
     jobs: mpsc::Sender<Job>,
     max_body_size: u64,
+    root: OnceLock<PathBuf>,
+    on_root: Option<OnRoot>,
 }
 
 impl PythonHandler {
@@ -44,24 +60,64 @@ impl PythonHandler {
         threads: usize,
         app: AppState,
         cfg: WsgiConfig,
+        binding: AppBinding,
     ) -> std::io::Result<(Self, WorkerPool)> {
         let (tx, rx) = mpsc::channel(threads.max(1) * 2);
         let max_body_size = cfg.max_body_size;
-        let pool = WorkerPool::start(threads, rx, &Arc::new(app), &Arc::new(cfg))?;
+        let pool = WorkerPool::start(threads, rx, &Arc::new(Mutex::new(app)), &Arc::new(cfg))?;
+        let root = OnceLock::new();
+        if let Some(r) = binding.root {
+            let _ = root.set(r);
+        }
         Ok((
             Self {
                 jobs: tx,
                 max_body_size,
+                root,
+                on_root: binding.on_root,
             },
             pool,
         ))
     }
-}
 
-impl Handler for PythonHandler {
-    async fn handle(&self, request: Request, mut response: ResponseWriter) {
-        // Refuse an over-limit body before any Python runs (the rest of the body is read and
-        // discarded by the connection, keeping it in sync).
+    /// Answers here, without Python, when the request must not reach the app: another IIS
+    /// application's request, the site is offline, or the body is too large.
+    fn refusal(&self, request: &Request) -> Option<Bytes> {
+        if let Some(phys) = request
+            .params
+            .get_str("APPL_PHYSICAL_PATH")
+            .filter(|p| !p.is_empty())
+        {
+            let phys = PathBuf::from(phys);
+            match self.root.get() {
+                Some(root) if !same_dir(root, &phys) => {
+                    tracing::error!(
+                        bound = %root.display(),
+                        requested = %phys.display(),
+                        "request for another IIS application refused: this process serves only its own app folder; give each application its own FastCGI entry (pyfcgi iis enable)"
+                    );
+                    return Some(Bytes::from_static(
+                        b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nInternal Server Error: this FastCGI process is bound to another application. The server log has the details.\n",
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    if self.root.set(phys.clone()).is_ok() {
+                        tracing::info!(root = %phys.display(), "bound to the IIS application folder of the first request");
+                        if let Some(cb) = &self.on_root {
+                            cb(&phys);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(page) = self
+            .root
+            .get()
+            .and_then(|r| pyfcgi_iis::offline::response(r))
+        {
+            return Some(Bytes::from(page));
+        }
         let declared = request
             .params
             .get_str("CONTENT_LENGTH")
@@ -73,10 +129,31 @@ impl Handler for PythonHandler {
                 limit = self.max_body_size,
                 "request body over --max-body-size: answered 413"
             );
-            let page = Bytes::from(format!(
+            return Some(Bytes::from(format!(
                 "Status: 413 Content Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe request body ({len} bytes) is larger than this server accepts ({} bytes).\n",
                 self.max_body_size
-            ));
+            )));
+        }
+        None
+    }
+}
+
+/// Whether two folders are the same, ignoring trailing separators (and case on Windows,
+/// where IIS paths are case-insensitive).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let norm = |p: &Path| {
+        let s = p.display().to_string();
+        let s = s.trim_end_matches(['/', '\\']).to_owned();
+        if cfg!(windows) { s.to_lowercase() } else { s }
+    };
+    norm(a) == norm(b)
+}
+
+impl Handler for PythonHandler {
+    async fn handle(&self, request: Request, mut response: ResponseWriter) {
+        // The rest of a refused request's body is read and discarded by the connection,
+        // keeping it in sync.
+        if let Some(page) = self.refusal(&request) {
             drop(request);
             if response.write(page).await.is_ok() {
                 let _ = response.end(0).await;

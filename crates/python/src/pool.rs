@@ -2,9 +2,10 @@
 //! life, waiting for the next request with the GIL released. The I/O threads only hand
 //! requests over through a bounded channel and never touch Python.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 
+use pyfcgi_proto::Params;
 use pyfcgi_server::{Request, ResponseWriter};
 use pyo3::prelude::*;
 use tokio::sync::mpsc;
@@ -18,7 +19,12 @@ pub(crate) struct Job {
     pub(crate) response: ResponseWriter,
 }
 
-/// What the workers run: the loaded app, or the reason it failed to load.
+/// Loads the application on the first request, from what that request says (under IIS the
+/// application's folder is only known from `APPL_PHYSICAL_PATH`). Runs on a worker with the
+/// GIL held; the result replaces the deferred state for every later request.
+pub type DeferredLoader = Box<dyn Fn(Python<'_>, &Params) -> AppState + Send + Sync>;
+
+/// What the workers run.
 pub enum AppState {
     /// The WSGI callable.
     Loaded(Py<PyAny>),
@@ -27,6 +33,8 @@ pub enum AppState {
         /// The full diagnosis (traceback, interpreter facts).
         detail: String,
     },
+    /// Not loaded yet: the first request's worker runs the loader.
+    Deferred(DeferredLoader),
 }
 
 /// The running pool; dropping it (after the handler) lets the threads finish.
@@ -39,7 +47,7 @@ impl WorkerPool {
     pub(crate) fn start(
         n: usize,
         rx: mpsc::Receiver<Job>,
-        app: &Arc<AppState>,
+        app: &Arc<Mutex<AppState>>,
         cfg: &Arc<WsgiConfig>,
     ) -> std::io::Result<Self> {
         let rx = Arc::new(Mutex::new(rx));
@@ -66,7 +74,37 @@ impl WorkerPool {
     }
 }
 
-fn worker(rx: &Mutex<mpsc::Receiver<Job>>, app: &AppState, cfg: &WsgiConfig) {
+/// What a request runs: the app, or the load failure.
+enum Resolved {
+    App(Py<PyAny>),
+    Failed(String),
+}
+
+/// The app for this request, running a deferred loader first if needed. The slot's lock is
+/// taken without the GIL (another worker may hold the GIL while waiting for it).
+fn resolve(py: Python<'_>, slot: &Mutex<AppState>, params: &Params) -> Resolved {
+    let mut guard = loop {
+        match slot.try_lock() {
+            Ok(g) => break g,
+            Err(TryLockError::Poisoned(p)) => break p.into_inner(),
+            // Wait for the holder (a worker running the loader) without the GIL, then retry.
+            Err(TryLockError::WouldBlock) => py.detach(|| drop(slot.lock())),
+        }
+    };
+    if let AppState::Deferred(loader) = &*guard {
+        let loaded = loader(py, params);
+        *guard = loaded;
+    }
+    match &*guard {
+        AppState::Loaded(app) => Resolved::App(app.clone_ref(py)),
+        AppState::Failed { detail } => Resolved::Failed(detail.clone()),
+        AppState::Deferred(_) => {
+            Resolved::Failed("the application loader did not load anything".into())
+        }
+    }
+}
+
+fn worker(rx: &Mutex<mpsc::Receiver<Job>>, app: &Mutex<AppState>, cfg: &WsgiConfig) {
     Python::attach(|py| {
         loop {
             // Wait without the GIL so other workers (and Python threads) run meanwhile.
@@ -78,9 +116,20 @@ fn worker(rx: &Mutex<mpsc::Receiver<Job>>, app: &AppState, cfg: &WsgiConfig) {
             let Some(Job { request, response }) = job else {
                 break;
             };
-            match app {
-                AppState::Loaded(app) => wsgi::run_request(py, app, request, response, cfg),
-                AppState::Failed { detail } => {
+            match resolve(py, app, &request.params) {
+                Resolved::App(app) => {
+                    // A bug in pyfcgi must cost one request, not the worker thread: the
+                    // response writer's Drop still ends the request for the web server.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        wsgi::run_request(py, &app, request, response, cfg);
+                    }));
+                    if ran.is_err() {
+                        error!(
+                            "internal error while running a request (a pyfcgi bug; please report it); the worker continues"
+                        );
+                    }
+                }
+                Resolved::Failed(detail) => {
                     let seq = wsgi::next_request_seq();
                     let page = error_page(
                         "500 Internal Server Error",

@@ -251,11 +251,11 @@ async fn pump(
             msg = input.recv(), if input_open => match msg {
                 Some(BodyMsg::Data(data)) => {
                     budget.add_permits(data.len().min(PUMP_INFLIGHT as usize));
-                    if handler_open {
-                        if let Err(e) = backlog.push(data).await {
-                            warn!(error = %e, "cannot spool the request body to a temp file; the handler will see it end early");
-                            handler_open = false;
-                        }
+                    if handler_open
+                        && let Err(e) = backlog.push(data).await
+                    {
+                        warn!(error = %e, "cannot spool the request body to a temp file; the handler will see it end early");
+                        handler_open = false;
                     }
                 }
                 Some(BodyMsg::End) => {

@@ -101,10 +101,10 @@ async fn echo(mut request: Request, mut response: ResponseWriter) {
             }
         }
     }
-    if let Some(h) = pending {
-        if response.write(h.freeze()).await.is_err() {
-            return;
-        }
+    if let Some(h) = pending
+        && response.write(h.freeze()).await.is_err()
+    {
+        return;
     }
     let _ = response.end(0).await;
 }

@@ -297,6 +297,47 @@ impl ResponseWriter {
         Ok(())
     }
 
+    /// Sends response bytes if that needs no waiting; otherwise hands `data` back
+    /// (`Ok(Some(data))`) for [`Self::blocking_write`]. Lets a Python worker skip releasing
+    /// the GIL in the common case where the queue has room.
+    pub fn try_write(&mut self, data: Bytes) -> Result<Option<Bytes>, WriteError> {
+        if data.is_empty() {
+            return Ok(None);
+        }
+        if !self.held.is_empty() || !self.gate.is_open() {
+            if self.held_bytes + data.len() > HOLD_LIMIT {
+                return Ok(Some(data));
+            }
+            self.held_bytes += data.len();
+            self.held.push(data);
+            return Ok(None);
+        }
+        match self.sender()?.try_send(Outgoing::Stdout(self.id, data)) {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(Outgoing::Stdout(_, data))) => Ok(Some(data)),
+            Err(_) => Err(WriteError::Closed),
+        }
+    }
+
+    /// Ends the response if that needs no waiting; otherwise gives the writer back
+    /// (`Err(self)`) for [`Self::blocking_end`].
+    pub fn try_end(mut self, app_status: u32) -> Result<Result<(), WriteError>, Self> {
+        if !self.held.is_empty() || !self.gate.is_open() {
+            return Err(self);
+        }
+        let Some(tx) = self.tx.take() else {
+            return Ok(Err(WriteError::Closed));
+        };
+        match tx.try_send(self.end_msg(app_status)) {
+            Ok(()) => Ok(Ok(())),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.tx = Some(tx);
+                Err(self)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(Err(WriteError::Closed)),
+        }
+    }
+
     /// Sends `FCGI_STDERR` bytes. Under IIS any STDERR output turns the response into a 500
     /// showing that text, so the Python layer only does this when configured to.
     pub async fn write_stderr(&mut self, data: Bytes) -> Result<(), WriteError> {

@@ -7,7 +7,8 @@
 //! * [`conn`]: drives one connection (any `AsyncRead + AsyncWrite`): decodes records with
 //!   `pyfcgi-proto`, runs requests concurrently, coalesces response records into few writes.
 //! * [`transport`]: where connections come from: TCP, Unix sockets, a listening socket or an
-//!   already-connected stream inherited on standard input.
+//!   already-connected stream inherited on standard input, IIS's named pipe on Windows.
+//! * [`process`]: the rest of being started by IIS: standard handles, the shutdown event.
 //! * [`serve`](mod@serve): the accept loop, connection limits and graceful shutdown.
 //! * [`builtin`]: the built-in `hello`, `echo` and `env` handlers.
 //!
@@ -18,6 +19,7 @@ pub mod builtin;
 pub mod conn;
 mod error;
 pub mod handler;
+pub mod process;
 pub mod serve;
 pub mod transport;
 

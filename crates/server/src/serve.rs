@@ -11,8 +11,7 @@ use tracing::{debug, error, info, warn};
 use crate::ServerError;
 use crate::conn::{ConnConfig, serve_connection};
 use crate::handler::Handler;
-use crate::transport::Listener;
-use crate::transport::unix::Accepted;
+use crate::transport::{Accepted, Listener};
 
 /// Server-wide settings.
 #[derive(Debug, Clone)]
@@ -53,9 +52,15 @@ pub enum ServeOutcome {
 pub async fn serve<H: Handler>(
     mut listener: Listener,
     handler: Arc<H>,
-    config: ServerConfig,
+    mut config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<ServeOutcome, ServerError> {
+    if listener.is_iis() {
+        // IIS fails a request on any record type it does not expect, FCGI_UNKNOWN_TYPE
+        // included, and never sends two requests at once (research/iis-fastcgi.md §1.6).
+        config.conn.limits.answer_unknown_type = false;
+        config.conn.limits.multiplex = false;
+    }
     let conn_config = Arc::new(config.conn.clone());
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_conns.max(1)));
@@ -97,7 +102,10 @@ pub async fn serve<H: Handler>(
         tracker.spawn(async move {
             match accepted {
                 Accepted::Tcp(s, peer) => serve_connection(s, handler, cfg, stop, &peer).await,
+                #[cfg(unix)]
                 Accepted::Unix(s, peer) => serve_connection(s, handler, cfg, stop, &peer).await,
+                #[cfg(windows)]
+                Accepted::Pipe(p) => serve_connection(p, handler, cfg, stop, "pipe").await,
             }
             drop(permit);
         });

@@ -47,18 +47,25 @@ pub(crate) fn build<'py>(
         }
         env.set_item(latin1(py, name), latin1(py, value))?;
     }
-    if let Some(prefix) = &cfg.script_name {
+    // Under IIS the application's virtual path is in APPL_MD_PATH and PATH_INFO holds the
+    // whole URL path (research: iis-fastcgi.md §2.3); --script-name / the SCRIPT_NAME
+    // appSetting override it.
+    let iis_prefix = if cfg.script_name.is_none() {
+        params
+            .get_str("APPL_MD_PATH")
+            .and_then(pyfcgi_iis::paths::app_virtual_path)
+    } else {
+        None
+    };
+    if let Some(prefix) = cfg.script_name.as_ref().or(iis_prefix.as_ref()) {
         let path: String = env
             .get_item("PATH_INFO")?
             .map(|p| p.extract())
             .transpose()?
             .unwrap_or_default();
-        let rest = path
-            .strip_prefix(prefix.as_str())
-            .filter(|r| r.is_empty() || r.starts_with('/'))
-            .unwrap_or(&path);
-        env.set_item("SCRIPT_NAME", prefix.as_str())?;
-        env.set_item("PATH_INFO", rest)?;
+        let (script_name, path_info) = pyfcgi_iis::paths::split(prefix, &path);
+        env.set_item("SCRIPT_NAME", script_name)?;
+        env.set_item("PATH_INFO", path_info)?;
     } else {
         if !have_script_name {
             env.set_item("SCRIPT_NAME", "")?;
@@ -76,26 +83,36 @@ pub(crate) fn build<'py>(
             env.set_item(key, default)?;
         }
     }
-    if !env.contains("SERVER_NAME")? {
-        let host: Option<String> = env
-            .get_item("HTTP_HOST")?
-            .map(|h| h.extract())
-            .transpose()?;
-        let name = host
-            .as_deref()
-            .and_then(|h| h.rsplit_once(':').map(|(n, _)| n).or(Some(h)))
-            .unwrap_or("localhost")
-            .to_owned();
-        env.set_item("SERVER_NAME", name)?;
-    }
-    if !env.contains("SERVER_PORT")? {
-        env.set_item("SERVER_PORT", if https { "443" } else { "80" })?;
-    }
     let url_scheme = cfg
         .url_scheme
         .clone()
         .or(scheme)
         .unwrap_or_else(|| if https { "https".into() } else { "http".into() });
+    let has_name = env.contains("SERVER_NAME")?;
+    let has_port = env.contains("SERVER_PORT")?;
+    if !has_name || !has_port {
+        let host: Option<String> = env
+            .get_item("HTTP_HOST")?
+            .map(|h| h.extract())
+            .transpose()?;
+        // `name`, `name:port`, `[v6]` or `[v6]:port`.
+        let (name, port) = match host.as_deref() {
+            Some(h) => match h.rsplit_once(':') {
+                Some((n, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                    (n, Some(p))
+                }
+                _ => (h, None),
+            },
+            None => ("localhost", None),
+        };
+        if !has_name {
+            env.set_item("SERVER_NAME", name)?;
+        }
+        if !has_port {
+            let default = if url_scheme == "https" { "443" } else { "80" };
+            env.set_item("SERVER_PORT", port.unwrap_or(default))?;
+        }
+    }
     env.set_item("wsgi.version", (1, 0))?;
     env.set_item("wsgi.url_scheme", url_scheme)?;
     env.set_item("wsgi.multithread", cfg.multithread)?;

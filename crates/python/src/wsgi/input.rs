@@ -129,11 +129,9 @@ impl InputStream {
             }
             let mut take = limit.map_or(st.buf.len(), |l| (l - len).min(st.buf.len()));
             let mut done = false;
-            if line {
-                if let Some(nl) = st.buf[..take].iter().position(|&b| b == b'\n') {
-                    take = nl + 1;
-                    done = true;
-                }
+            if line && let Some(nl) = st.buf[..take].iter().position(|&b| b == b'\n') {
+                take = nl + 1;
+                done = true;
             }
             let piece = st.buf.split_to(take);
             len += piece.len();

@@ -24,6 +24,7 @@ use input::InputStream;
 use response::{FileWrapper, StartResponse, error_page};
 
 /// Per-process WSGI settings.
+#[allow(clippy::struct_excessive_bools)] // independent switches, each a documented flag
 #[derive(Debug, Clone)]
 pub struct WsgiConfig {
     /// `wsgi.multithread`.
@@ -36,6 +37,9 @@ pub struct WsgiConfig {
     pub script_name: Option<String>,
     /// Put tracebacks in 500 pages (`--detailed-errors`); off by default.
     pub detailed_errors: bool,
+    /// Also send the traceback on FCGI_STDERR (`--stderr-errors`). Off by default: IIS turns
+    /// any STDERR output into a 500 page showing it to every visitor.
+    pub stderr_errors: bool,
     /// Largest request body accepted, in bytes (`--max-body-size`).
     pub max_body_size: u64,
     /// Fired when the app raises SystemExit/KeyboardInterrupt: the process shuts down
@@ -51,6 +55,7 @@ impl Default for WsgiConfig {
             url_scheme: None,
             script_name: None,
             detailed_errors: false,
+            stderr_errors: false,
             max_body_size: 1 << 30,
             shutdown: CancellationToken::new(),
         }
@@ -81,11 +86,16 @@ pub fn run_request(
     cfg: &WsgiConfig,
 ) {
     let seq = next_request_seq();
-    let Request { params, body, .. } = request;
+    let Request {
+        params,
+        body,
+        abort,
+        ..
+    } = request;
     let content_length = params
         .get_str("CONTENT_LENGTH")
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let start = match Py::new(py, StartResponse::new(response, seq)) {
+    let start = match Py::new(py, StartResponse::new(response, seq).watch_abort(abort)) {
         Ok(s) => s,
         Err(e) => {
             error!(
@@ -137,10 +147,10 @@ fn call_app(
 /// Sends the app's iterable. Lists and tuples (the common `[body]`) skip the iterator
 /// protocol; a `FileWrapper` over a real file is sent from Rust with the GIL released.
 fn send_result(py: Python<'_>, result: &Bound<'_, PyAny>, start: &StartResponse) -> PyResult<()> {
-    if let Ok(wrapper) = result.cast::<FileWrapper>() {
-        if let Some(sent) = send_file(py, wrapper.get(), start)? {
-            return Ok(sent);
-        }
+    if let Ok(wrapper) = result.cast::<FileWrapper>()
+        && let Some(sent) = send_file(py, wrapper.get(), start)?
+    {
+        return Ok(sent);
     }
     let item_bytes = |item: &Bound<'_, PyAny>| -> PyResult<()> {
         let b = item.cast::<PyBytes>().map_err(|_| {
@@ -248,15 +258,28 @@ fn finish(
     let Some(writer) = start.take_writer() else {
         if closed {
             // The write that found the connection gone consumed the writer.
-            info!(request = seq, method, path, "client went away before the response was complete");
+            info!(
+                request = seq,
+                method, path, "client went away before the response was complete"
+            );
         } else {
-            error!(request = seq, "response writer missing at the end of the request");
+            error!(
+                request = seq,
+                "response writer missing at the end of the request"
+            );
         }
         return;
     };
     let app_status = match failure {
         None => {
-            if let Some((promised, sent)) = start.shortfall() {
+            // HEAD and 304 responses carry the Content-Length of a body they do not send.
+            let bodiless = method.eq_ignore_ascii_case("HEAD")
+                || start
+                    .lock()
+                    .status
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with("304"));
+            if let Some((promised, sent)) = start.shortfall().filter(|_| !bodiless) {
                 warn!(
                     request = seq,
                     method,
@@ -291,21 +314,29 @@ fn finish(
             } else {
                 error!(request = seq, method, path, "application error:\n{tb}");
             }
+            let mut writer = writer;
+            if cfg.stderr_errors {
+                let tb = bytes::Bytes::from(tb.to_owned());
+                writer = match py.detach(move || writer.blocking_write_stderr(tb).map(|()| writer))
+                {
+                    Ok(w) => w,
+                    Err(_) => return,
+                };
+            }
             if headers_sent {
                 warn!(
                     request = seq,
                     "the response had already started; ending it early with a non-zero application status"
                 );
-                1
-            } else {
-                let page = error_page(
-                    "500 Internal Server Error",
-                    "Internal Server Error: the application raised an exception. The server log has the details.",
-                    seq,
-                    cfg.detailed_errors.then_some(tb),
-                );
-                return end_with(py, writer, Some(page), 0, seq);
+                return end_with(py, writer, None, 1, seq);
             }
+            let page = error_page(
+                "500 Internal Server Error",
+                "Internal Server Error: the application raised an exception. The server log has the details.",
+                seq,
+                cfg.detailed_errors.then_some(tb),
+            );
+            return end_with(py, writer, Some(page), 0, seq);
         }
     };
     end_with(py, writer, None, app_status, seq);
@@ -318,6 +349,31 @@ fn end_with(
     app_status: u32,
     seq: u64,
 ) {
+    let mut page = page;
+    // Fast path without releasing the GIL: everything fits in the queue.
+    if let Some(p) = page.take() {
+        let Ok(rest) = writer.try_write(p) else {
+            debug!(
+                request = seq,
+                "connection closed before the end of the response"
+            );
+            return;
+        };
+        page = rest;
+    }
+    if page.is_none() {
+        writer = match writer.try_end(app_status) {
+            Ok(Ok(())) => return,
+            Ok(Err(_)) => {
+                debug!(
+                    request = seq,
+                    "connection closed before the end of the response"
+                );
+                return;
+            }
+            Err(w) => w,
+        };
+    }
     let done = py.detach(move || {
         if let Some(p) = page {
             writer.blocking_write(p)?;

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use pyfcgi_server::ResponseWriter;
+use pyfcgi_server::{AbortSignal, ResponseWriter};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
@@ -39,6 +39,8 @@ pub(crate) struct ResponseState {
     pub(crate) request: u64,
     /// The connection is gone; further writes fail fast.
     pub(crate) closed: bool,
+    /// Fires on FCGI_ABORT_REQUEST: the next write fails like a closed connection.
+    abort: AbortSignal,
 }
 
 /// The `start_response` callable of one request.
@@ -60,8 +62,19 @@ impl StartResponse {
                 overflow_logged: false,
                 request,
                 closed: false,
+                abort: AbortSignal::default(),
             }),
         }
+    }
+
+    /// Makes writes fail once `abort` fires, so an aborted request stops (and its iterable
+    /// is closed) instead of streaming to a web server that gave up on it.
+    pub(crate) fn watch_abort(mut self, abort: AbortSignal) -> Self {
+        self.state
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .abort = abort;
+        self
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, ResponseState> {
@@ -89,7 +102,8 @@ impl StartResponse {
     fn send(&self, py: Python<'_>, data: &[u8], head_only: bool) -> PyResult<()> {
         let (out, mut writer) = {
             let mut st = self.lock();
-            if st.closed {
+            if st.closed || st.abort.is_aborted() {
+                st.closed = true;
                 return Err(client_gone());
             }
             if st.status.is_none() {
@@ -130,7 +144,13 @@ impl StartResponse {
             };
             (out.freeze(), writer)
         };
-        let result = py.detach(|| writer.blocking_write(out).map(|()| writer));
+        // Queue without releasing the GIL when there is room (the common case); wait for
+        // room with the GIL released otherwise.
+        let result = match writer.try_write(out) {
+            Ok(None) => Ok(writer),
+            Ok(Some(out)) => py.detach(|| writer.blocking_write(out).map(|()| writer)),
+            Err(e) => Err(e),
+        };
         let mut st = self.lock();
         if let Ok(w) = result {
             st.writer = Some(w);
@@ -200,7 +220,7 @@ fn is_tchar(c: char) -> bool {
 fn validate_status(status: &str) -> PyResult<()> {
     let bytes = status.as_bytes();
     let code_ok = bytes.len() >= 3 && bytes[..3].iter().all(u8::is_ascii_digit) && bytes[0] != b'0';
-    let rest_ok = bytes.len() == 3 || bytes[3] == b' ';
+    let rest_ok = bytes.len() == 3 || bytes.get(3) == Some(&b' ');
     if !code_ok || !rest_ok {
         return Err(PyValueError::new_err(format!(
             "invalid status {status:?}: it must be a 3-digit code and a reason phrase, like '200 OK'"
@@ -296,12 +316,29 @@ impl StartResponse {
             };
             let (name, value) = (name.to_str()?.to_owned(), value.to_str()?.to_owned());
             validate_header(&name, &value)?;
+            let previous_cl = content_length;
             if name.eq_ignore_ascii_case("content-length") {
-                content_length = Some(value.trim().parse::<u64>().map_err(|_| {
-                    PyValueError::new_err(format!(
-                        "invalid Content-Length {value:?}: it must be a non-negative integer"
-                    ))
-                })?);
+                // Digits only: Rust's parse also takes "+5", which web servers refuse.
+                let digits = value.trim();
+                content_length = Some(
+                    digits
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|_| digits.bytes().all(|b| b.is_ascii_digit()))
+                        .ok_or_else(|| {
+                            PyValueError::new_err(format!(
+                                "invalid Content-Length {value:?}: it must be a non-negative integer"
+                            ))
+                        })?,
+                );
+            }
+            if name.eq_ignore_ascii_case("content-length")
+                && previous_cl.is_some()
+                && previous_cl != content_length
+            {
+                return Err(PyValueError::new_err(
+                    "two Content-Length headers with different values; send one",
+                ));
             }
             list.push((name, value));
         }
@@ -405,7 +442,16 @@ mod tests {
         for ok in ["200 OK", "404 Not Found", "599 X", "200"] {
             assert!(validate_status(ok).is_ok(), "{ok}");
         }
-        for bad in ["OK", "20 OK", "200OK", "099 x", "200 OK\r\nX: y", "abc def"] {
+        for bad in [
+            "OK",
+            "",
+            "20",
+            "20 OK",
+            "200OK",
+            "099 x",
+            "200 OK\r\nX: y",
+            "abc def",
+        ] {
             assert!(validate_status(bad).is_err(), "{bad}");
         }
     }

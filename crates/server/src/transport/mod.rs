@@ -6,11 +6,14 @@
 //! | `unix:PATH` | Unix socket listener (`--socket-mode` applies) |
 //! | `fd:N` | a socket inherited on descriptor N: a listening socket is accepted on (spec §2.2, `FCGI_LISTENSOCK_FILENO`, as spawn-fcgi, mod_fcgid and lighttpd pass it); an already-connected stream is served as the one connection (how IIS hands over its pipe; `pyfcgi request --spawn` emulates it with a socketpair) |
 //!
-//! Without `--bind`, standard input is inspected and used as `fd:0` when it is a socket.
-//! Platform code lives in [`unix`] (the Windows twin arrives with the IIS named-pipe transport).
+//! Without `--bind`, standard input is inspected and used as `fd:0` when it is a socket (or,
+//! on Windows, the server end of IIS's named pipe). Platform code lives in `unix` and
+//! `windows`, which have the same surface: `Listener`, `Accepted`, `inspect_stdin`.
 
 #[cfg(unix)]
 pub mod unix;
+#[cfg(windows)]
+pub mod windows;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -101,8 +104,20 @@ pub fn peer_allowed(allow: &[IpAddr], peer: IpAddr) -> bool {
     allow.iter().any(|a| canon(*a) == peer)
 }
 
+/// What the web server passed on standard input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinKind {
+    /// A listening socket to accept on (FastCGI spec §2.2; IIS `protocol="Tcp"`).
+    Listening,
+    /// One already-connected stream, served as the only connection (IIS's named pipe; a
+    /// socket pair from `pyfcgi request --spawn` on Unix).
+    Connected,
+}
+
 #[cfg(unix)]
-pub use unix::Listener;
+pub use unix::{Accepted, Listener, inspect_stdin};
+#[cfg(windows)]
+pub use windows::{Accepted, Listener, inspect_stdin};
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@ use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use super::Bind;
+use super::{Bind, StdinKind};
 use crate::ServerError;
 
 /// A source of connections.
@@ -115,6 +115,11 @@ impl Listener {
         matches!(self, Self::ConnectedUnix(_) | Self::ConnectedTcp(_))
     }
 
+    /// True when the transport came from IIS; never on Unix (see the Windows twin).
+    pub fn is_iis(&self) -> bool {
+        false
+    }
+
     /// Where connections come from, for logs.
     pub fn describe(&self) -> String {
         match self {
@@ -169,10 +174,10 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Self::Unix(_, Some(owned)) = self {
-            if file_id(&owned.path) == Some(owned.id) {
-                let _ = std::fs::remove_file(&owned.path);
-            }
+        if let Self::Unix(_, Some(owned)) = self
+            && file_id(&owned.path) == Some(owned.id)
+        {
+            let _ = std::fs::remove_file(&owned.path);
         }
     }
 }
@@ -274,4 +279,12 @@ pub fn inspect_fd(fd: RawFd) -> Option<FdKind> {
     } else {
         Some(FdKind::Connected { unix })
     }
+}
+
+/// Inspects standard input (descriptor 0) without taking it.
+pub fn inspect_stdin() -> Option<StdinKind> {
+    inspect_fd(0).map(|kind| match kind {
+        FdKind::Listening { .. } => StdinKind::Listening,
+        FdKind::Connected { .. } => StdinKind::Connected,
+    })
 }

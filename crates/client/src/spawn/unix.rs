@@ -1,4 +1,5 @@
-//! Starting a responder process the way a web server does (Unix).
+//! Starting a responder process the way a web server does (Unix; the Windows twin is
+//! `windows.rs`).
 //!
 //! * [`Spawned::connected`]: the child's stdin is one end of a connected socket pair and we
 //!   keep the other, like IIS hands its responder an already-connected named pipe: one
@@ -187,6 +188,20 @@ impl Spawned {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Asks the process to finish what it is doing and exit (SIGTERM, the Unix counterpart of
+    /// IIS's `_FCGI_SHUTDOWN_EVENT_`). The connection stays open.
+    pub fn request_shutdown(&self) {
+        self.terminate();
+    }
+
+    /// Waits up to `limit` for the process to exit by itself; `None` if it is still running.
+    pub async fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 
     /// Ends the process gracefully: a connected child sees end-of-file once every

@@ -1,0 +1,1028 @@
+//! `pyfcgi doctor`: checks a site's pyfcgi setup the way IIS will use it, and says for every
+//! problem what to do. The checks follow what wfastcgi users ran into most (research:
+//! users-and-peers.md §4, iis-fastcgi.md §4): unreadable or mismatched configuration, a
+//! `scriptProcessor` that does not match the registered FastCGI application, venvs made for
+//! another Python or from the Microsoft Store Python, imports that fail, unwritable logs.
+//!
+//! Output: one `PASS`/`WARN`/`FAIL`/`SKIP` line per check, details and the fix indented
+//! below it. Exit 0 when nothing failed, 1 otherwise.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use pyfcgi_iis::register::{self, Registration, SiteFastCgi};
+use pyfcgi_iis::{IisError, offline, webconfig};
+
+use crate::iis_cmd::{self, Selectors};
+
+/// `pyfcgi doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The site's (or IIS application's) physical folder [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    app_root: Option<PathBuf>,
+
+    /// The WSGI application [default: the --app of web.config's pyfcgi handler, else
+    /// PYFCGI_APP or WSGI_HANDLER from appSettings].
+    #[arg(long, value_name = "APP")]
+    app: Option<String>,
+
+    /// The virtual environment [default: the --venv of web.config's pyfcgi handler, else
+    /// PYFCGI_VENV from appSettings, else a pyvenv.cfg, .venv or venv at or above the app
+    /// folder].
+    #[arg(long, value_name = "DIR")]
+    venv: Option<PathBuf>,
+
+    /// The log file to check [default: PYFCGI_LOG_FILE or WSGI_LOG from appSettings].
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+
+    /// The pyfcgi.exe the handler should run [default: this executable].
+    #[arg(long, value_name = "PATH")]
+    exe: Option<PathBuf>,
+
+    /// applicationHost.config to look for the FastCGI registration in [default on Windows:
+    /// %windir%\system32\inetsrv\config\applicationHost.config; reading it needs
+    /// Administrator].
+    #[arg(long, value_name = "PATH")]
+    applicationhost: Option<PathBuf>,
+
+    /// Do not start Python to import the application.
+    #[arg(long)]
+    no_import: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Status {
+    Pass,
+    Skip,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Pass => "PASS",
+            Self::Skip => "SKIP",
+            Self::Warn => "WARN",
+            Self::Fail => "FAIL",
+        }
+    }
+}
+
+/// One check's outcome.
+struct Finding {
+    status: Status,
+    title: String,
+    details: Vec<String>,
+    fix: Option<String>,
+}
+
+impl Finding {
+    fn new(status: Status, title: impl Into<String>) -> Self {
+        Self {
+            status,
+            title: title.into(),
+            details: Vec::new(),
+            fix: None,
+        }
+    }
+
+    fn detail(mut self, line: impl Into<String>) -> Self {
+        self.details.push(line.into());
+        self
+    }
+
+    fn fix(mut self, fix: impl Into<String>) -> Self {
+        self.fix = Some(fix.into());
+        self
+    }
+}
+
+/// What the checks found out about the site, shared between them.
+struct Site {
+    root: PathBuf,
+    exe: PathBuf,
+    settings: webconfig::AppSettings,
+    fastcgi: Option<SiteFastCgi>,
+    /// pyfcgi's handler, parsed back into a registration.
+    registered: Option<Registration>,
+}
+
+/// Runs the checks and prints them. Exit 0 when none failed.
+pub fn main(args: &DoctorArgs) -> ExitCode {
+    crate::logging::init_stderr("warn");
+    let findings = run(args);
+    let mut text = String::new();
+    for f in &findings {
+        let _ = writeln!(text, "{}  {}", f.status.label(), f.title);
+        for d in &f.details {
+            let _ = writeln!(text, "      {d}");
+        }
+        if let Some(fix) = &f.fix {
+            let _ = writeln!(text, "      fix: {fix}");
+        }
+    }
+    let count = |s| findings.iter().filter(|f| f.status == s).count();
+    let fails = count(Status::Fail);
+    let _ = writeln!(
+        text,
+        "\n{} FAIL, {} WARN, {} PASS, {} SKIP",
+        fails,
+        count(Status::Warn),
+        count(Status::Pass),
+        count(Status::Skip)
+    );
+    print!("{text}");
+    if fails == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn run(args: &DoctorArgs) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let root = match iis_cmd::app_root_for_iis(args.app_root.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(Finding::new(Status::Fail, format!("app folder: {e:#}")));
+            return out;
+        }
+    };
+    let exe = match iis_cmd::exe_for_iis(args.exe.as_deref()) {
+        Ok(e) => e,
+        Err(e) => {
+            out.push(Finding::new(Status::Fail, format!("pyfcgi.exe: {e:#}")));
+            return out;
+        }
+    };
+    if !root.is_dir() {
+        out.push(
+            Finding::new(
+                Status::Fail,
+                format!("app folder: {} does not exist", root.display()),
+            )
+            .fix("pass the site's physical path (IIS Manager > site > Basic Settings) with --app-root"),
+        );
+        return out;
+    }
+    let mut site = Site {
+        root,
+        exe,
+        settings: webconfig::AppSettings::default(),
+        fastcgi: None,
+        registered: None,
+    };
+    out.push(check_web_config(&mut site));
+    if site.fastcgi.as_ref().is_some_and(|f| f.has_fastcgi_section) {
+        out.push(
+            Finding::new(
+                Status::Warn,
+                "web.config has a <system.webServer><fastCgi> section, which IIS does not read there",
+            )
+            .detail("the section is AppHostOnly: IIS ignores it in web.config, or answers 500.19 if it is locked")
+            .fix("remove it; `pyfcgi iis enable` registers the FastCGI application in applicationHost.config"),
+        );
+    }
+    let app = resolve_app(args, &site);
+    out.push(check_app(app.as_ref(), &site));
+    out.push(check_handler(args, &mut site));
+    out.push(check_registration(args, &site));
+    let venv = resolve_venv(args, &site);
+    out.extend(check_profile_paths(
+        &site,
+        venv.as_ref().map(|v| v.0.as_path()),
+    ));
+    let python = embedded_python();
+    out.push(python.finding());
+    out.push(check_venv(venv.as_ref(), &python));
+    out.extend(check_pythonpath(&site));
+    out.push(check_log(args, &site));
+    out.push(check_offline(&site));
+    out.push(if args.no_import {
+        Finding::new(Status::Skip, "import: --no-import")
+    } else {
+        check_import(app.as_ref(), venv.as_ref(), &site)
+    });
+    out
+}
+
+/// `Malformed XML. 3:5 Unexpected ...` → `line 3, column 5: Unexpected ...`.
+fn xml_position(message: &str) -> String {
+    let m = message.strip_prefix("Malformed XML. ").unwrap_or(message);
+    let parsed = m.split_once(' ').and_then(|(pos, rest)| {
+        let (line, col) = pos.split_once(':')?;
+        let (line, col) = (line.parse::<u64>().ok()?, col.parse::<u64>().ok()?);
+        Some(format!("line {line}, column {col}: {rest}"))
+    });
+    parsed.unwrap_or_else(|| m.to_owned())
+}
+
+fn check_web_config(site: &mut Site) -> Finding {
+    let own = site.root.join("web.config");
+    let settings = match webconfig::load_for_app(&site.root) {
+        Ok(s) => s,
+        Err(IisError::Xml { path, message }) => {
+            return Finding::new(
+                Status::Fail,
+                format!(
+                    "web.config: {} is not well-formed XML at {}",
+                    path.display(),
+                    xml_position(&message)
+                ),
+            )
+            .fix("correct the XML there; until then IIS answers every request with 500.19");
+        }
+        Err(e) => {
+            return Finding::new(Status::Fail, format!("web.config: {e}")).fix(
+                "correct the file; `pyfcgi iis webconfig` prints a valid one to compare with",
+            );
+        }
+    };
+    if own.is_file() {
+        match std::fs::read(&own)
+            .map_err(|source| IisError::Io {
+                path: own.clone(),
+                source,
+            })
+            .and_then(|x| SiteFastCgi::read(&x, &own))
+        {
+            Ok(f) => site.fastcgi = Some(f),
+            Err(e) => return Finding::new(Status::Fail, format!("web.config: {e}")),
+        }
+    }
+    let mut f = if own.is_file() {
+        Finding::new(
+            Status::Pass,
+            format!("web.config: {} parses", own.display()),
+        )
+    } else {
+        Finding::new(
+            Status::Fail,
+            format!("web.config: there is none in {}", site.root.display()),
+        )
+        .fix(format!(
+            "run `pyfcgi iis enable --app-root {} --app <module:app>` (or write it with `pyfcgi iis webconfig`)",
+            site.root.display()
+        ))
+    };
+    f = describe_settings(f, &settings);
+    site.settings = settings;
+    f
+}
+
+/// Adds the merged appSettings, each with the file that set it, to `f`.
+fn describe_settings(mut f: Finding, settings: &webconfig::AppSettings) -> Finding {
+    if settings.sources.is_empty() {
+        return f;
+    }
+    let files: Vec<String> = settings
+        .sources
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    f = f.detail(format!("files read, outermost first: {}", files.join(", ")));
+    if settings.iter().next().is_none() {
+        return f.detail("appSettings: none");
+    }
+    // The last file that adds a key is where its merged value comes from.
+    let per_file: Vec<webconfig::AppSettings> = settings
+        .sources
+        .iter()
+        .map(|p| {
+            let mut s = webconfig::AppSettings::default();
+            let _ = s.apply_file(p);
+            s
+        })
+        .collect();
+    f = f.detail("appSettings (merged):");
+    let width = settings.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (key, value) in settings.iter() {
+        let source = settings
+            .sources
+            .iter()
+            .zip(&per_file)
+            .rev()
+            .find(|(_, s)| s.get(key).is_some())
+            .map(|(p, _)| p.display().to_string())
+            .unwrap_or_default();
+        f = f.detail(format!("  {key:<width$} = {value}   [{source}]"));
+    }
+    f
+}
+
+fn resolve_app(args: &DoctorArgs, site: &Site) -> Option<(String, &'static str)> {
+    if let Some(a) = &args.app {
+        return Some((a.clone(), "--app"));
+    }
+    let from_handler = site
+        .fastcgi
+        .as_ref()
+        .and_then(SiteFastCgi::pyfcgi_handler)
+        .and_then(|h| Registration::from_script_processor(&h.script_processor))
+        .and_then(|r| r.app);
+    if let Some(a) = from_handler {
+        return Some((a, "the pyfcgi handler's --app"));
+    }
+    for key in ["PYFCGI_APP", "WSGI_HANDLER"] {
+        if let Some(v) = site.settings.get(key).filter(|v| !v.trim().is_empty()) {
+            return Some((
+                v.to_owned(),
+                if key == "PYFCGI_APP" {
+                    "PYFCGI_APP"
+                } else {
+                    "WSGI_HANDLER"
+                },
+            ));
+        }
+    }
+    None
+}
+
+fn check_app(app: Option<&(String, &'static str)>, site: &Site) -> Finding {
+    match app {
+        Some((a, from)) => {
+            let mut f = Finding::new(Status::Pass, format!("application: {a} (from {from})"));
+            if let Some(h) = site.settings.get("WSGI_HANDLER").filter(|h| h != a) {
+                f = f.detail(format!(
+                    "WSGI_HANDLER in appSettings says {h}; the FastCGI arguments win"
+                ));
+            }
+            f
+        }
+        None => Finding::new(Status::Fail, "application: no WSGI_HANDLER appSetting and no --app")
+            .fix(r#"add <add key="WSGI_HANDLER" value="mysite.wsgi:application" /> to <appSettings>, or run `pyfcgi iis enable --app mysite.wsgi:application`"#),
+    }
+}
+
+fn check_handler(args: &DoctorArgs, site: &mut Site) -> Finding {
+    let enable_hint = format!(
+        "run `pyfcgi iis enable --app-root {}` as Administrator: it writes the handler and registers the same string with IIS",
+        site.root.display()
+    );
+    let Some(fastcgi) = &site.fastcgi else {
+        return Finding::new(
+            Status::Fail,
+            "handler mapping: web.config could not be read",
+        )
+        .fix(enable_hint);
+    };
+    let wfastcgi: Vec<_> = fastcgi
+        .handlers
+        .iter()
+        .filter(|h| h.script_processor.to_ascii_lowercase().contains("wfastcgi"))
+        .collect();
+    let Some(handler) = fastcgi.pyfcgi_handler() else {
+        let mut f = Finding::new(
+            Status::Fail,
+            format!(
+                "handler mapping: no handler named {:?} in web.config",
+                register::HANDLER_NAME
+            ),
+        );
+        for h in &wfastcgi {
+            f = f.detail(format!(
+                "{:?} still runs wfastcgi: {}",
+                h.name, h.script_processor
+            ));
+        }
+        return f.fix(format!(
+            "{enable_hint}; then remove the wfastcgi handler (see docs/migrating-from-wfastcgi.md)"
+        ));
+    };
+    let registered = Registration::from_script_processor(&handler.script_processor);
+    let sel = Selectors {
+        app_root: Some(site.root.clone()),
+        app: args
+            .app
+            .clone()
+            .or_else(|| registered.as_ref().and_then(|r| r.app.clone())),
+        venv: args
+            .venv
+            .clone()
+            .or_else(|| registered.as_ref().and_then(|r| r.venv.clone())),
+        exe: Some(site.exe.clone()),
+    };
+    site.registered = registered;
+    let expected = match iis_cmd::registration(&sel) {
+        Ok(r) => r.script_processor(),
+        Err(e) => return Finding::new(Status::Fail, format!("handler mapping: {e:#}")),
+    };
+    let buffering = match handler.response_buffer_limit.as_deref() {
+        Some("0") => "responseBufferLimit=0: streamed responses reach the client as they are produced".to_owned(),
+        Some(n) => format!("responseBufferLimit={n}: IIS holds up to that many bytes of a response (use `--streaming` for SSE)"),
+        None => "responseBufferLimit not set: IIS holds up to 4 MB of a response (use `--streaming` for SSE)".to_owned(),
+    };
+    let mut f = if handler.script_processor == expected {
+        Finding::new(
+            Status::Pass,
+            "handler mapping: scriptProcessor is what `pyfcgi iis enable` writes for this pyfcgi",
+        )
+        .detail(format!("scriptProcessor: {expected}"))
+    } else {
+        Finding::new(
+            Status::Fail,
+            "handler mapping: scriptProcessor differs from what `pyfcgi iis enable` writes for this pyfcgi",
+        )
+        .detail(format!("web.config: {}", handler.script_processor))
+        .detail(format!("expected:   {expected}"))
+        .fix(enable_hint)
+    };
+    f = f.detail(buffering);
+    if !wfastcgi.is_empty() {
+        // IIS runs the first handler in the list whose path matches; enable appends pyfcgi's.
+        f.status = Status::Fail;
+        for h in &wfastcgi {
+            f = f.detail(format!(
+                "handler {:?} still runs wfastcgi ({}), and IIS may pick it first",
+                h.name, h.script_processor
+            ));
+        }
+        let names: Vec<String> = wfastcgi.iter().map(|h| format!("{:?}", h.name)).collect();
+        let remove = format!(
+            "delete the <add name={}> handler from web.config, then run wfastcgi-disable",
+            names.join("/")
+        );
+        f.fix = Some(match f.fix.take() {
+            Some(first) => format!("{first}; {remove}"),
+            None => remove,
+        });
+    }
+    f
+}
+
+fn default_applicationhost() -> Option<PathBuf> {
+    let windir =
+        webconfig::process_env("windir").or_else(|| webconfig::process_env("SystemRoot"))?;
+    Some(
+        Path::new(&windir)
+            .join("system32")
+            .join("inetsrv")
+            .join("config")
+            .join("applicationHost.config"),
+    )
+}
+
+fn check_registration(args: &DoctorArgs, site: &Site) -> Finding {
+    let title = "FastCGI registration (applicationHost.config)";
+    let path = match &args.applicationhost {
+        Some(p) => p.clone(),
+        None if cfg!(windows) => match default_applicationhost() {
+            Some(p) => p,
+            None => return Finding::new(Status::Skip, format!("{title}: %windir% is not set")),
+        },
+        None => {
+            return Finding::new(Status::Skip, format!("{title}: not on Windows"));
+        }
+    };
+    let Some(wanted) = site
+        .fastcgi
+        .as_ref()
+        .and_then(SiteFastCgi::pyfcgi_handler)
+        .map(|h| h.script_processor.clone())
+    else {
+        return Finding::new(
+            Status::Skip,
+            format!("{title}: no pyfcgi handler to look for"),
+        );
+    };
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Finding::new(
+                Status::Skip,
+                format!(
+                    "{title}: cannot read {} (run doctor as Administrator to check it)",
+                    path.display()
+                ),
+            );
+        }
+        Err(e) => {
+            return Finding::new(
+                Status::Fail,
+                format!("{title}: cannot read {}: {e}", path.display()),
+            )
+            .fix("install IIS with the CGI feature (docs/iis.md, step 1)");
+        }
+    };
+    let apps = match register::fastcgi_applications(&text, &path) {
+        Ok(a) => a,
+        Err(e) => return Finding::new(Status::Fail, format!("{title}: {e}")),
+    };
+    let Some(app) = apps.iter().find(|a| a.script_processor() == wanted) else {
+        let mut f = Finding::new(
+            Status::Fail,
+            format!("{title}: no <fastCgi><application> matches the handler's scriptProcessor"),
+        )
+        .detail(format!("handler: {wanted}"))
+        .detail(
+            "IIS fails every request with a 500 until a registration has exactly this fullPath|arguments",
+        );
+        for a in apps.iter().filter(|a| {
+            wanted
+                .split('|')
+                .next()
+                .is_some_and(|e| e.eq_ignore_ascii_case(&a.full_path))
+        }) {
+            f = f.detail(format!("registered: {}", a.script_processor()));
+        }
+        return f.fix(format!(
+            "run `pyfcgi iis enable --app-root {}` as Administrator",
+            site.root.display()
+        ));
+    };
+    let mut f = Finding::new(Status::Pass, format!("{title}: registered"));
+    for k in [
+        "signalBeforeTerminateSeconds",
+        "instanceMaxRequests",
+        "activityTimeout",
+        "requestTimeout",
+        "maxInstances",
+    ] {
+        if let Some(v) = app.attribute(k) {
+            f = f.detail(format!("{k}={v}"));
+        }
+    }
+    if app
+        .attribute("signalBeforeTerminateSeconds")
+        .is_none_or(|v| v.trim() == "0")
+    {
+        f.status = Status::Warn;
+        f = f
+            .detail("signalBeforeTerminateSeconds is 0: IIS kills pyfcgi on recycle without letting the request in flight finish")
+            .fix("run `pyfcgi iis enable` again (it registers 30 seconds)");
+    }
+    f
+}
+
+/// Paths that the IIS app pool identity usually cannot read (a user's profile, the Microsoft
+/// Store's WindowsApps); users-and-peers.md §4 ("permissions").
+fn check_profile_paths(site: &Site, venv: Option<&Path>) -> Option<Finding> {
+    let mut paths: Vec<(&str, &Path)> = vec![("pyfcgi.exe", &site.exe), ("app folder", &site.root)];
+    if let Some(v) = venv {
+        paths.push(("venv", v));
+    }
+    paths.retain(|(_, p)| iis_cmd::is_windows_absolute(p));
+    if paths.is_empty() {
+        return None;
+    }
+    let risky: Vec<String> = paths
+        .iter()
+        .filter(|(_, p)| {
+            let s = p.to_string_lossy().to_ascii_lowercase().replace('/', "\\");
+            s.contains("\\users\\") || s.contains("\\windowsapps\\")
+        })
+        .map(|(what, p)| format!("{what}: {}", p.display()))
+        .collect();
+    if risky.is_empty() {
+        return Some(Finding::new(
+            Status::Pass,
+            "locations: pyfcgi.exe, the app and the venv are outside user profiles",
+        ));
+    }
+    let mut f = Finding::new(
+        Status::Warn,
+        "locations: under a user profile, which IIS app pool identities cannot read by default",
+    );
+    for r in risky {
+        f = f.detail(r);
+    }
+    Some(f.fix(
+        r#"move them to e.g. C:\pyfcgi and C:\inetpub\<site>, or grant access: icacls "<folder>" /grant "IIS AppPool\<pool>:(OI)(CI)RX""#,
+    ))
+}
+
+/// The Python pyfcgi embeds.
+struct EmbeddedPython {
+    /// `major.minor.micro`, or why it is unknown.
+    version: Result<(u8, u8, u8), String>,
+    /// `sys.base_prefix`.
+    base_prefix: String,
+}
+
+impl EmbeddedPython {
+    fn finding(&self) -> Finding {
+        match &self.version {
+            Ok((a, b, c)) => {
+                let f = Finding::new(
+                    Status::Pass,
+                    format!("embedded Python: {a}.{b}.{c} ({})", self.base_prefix),
+                );
+                if is_store_python(&self.base_prefix) {
+                    store_python_fail(f, &format!("{a}.{b}"))
+                } else {
+                    f
+                }
+            }
+            Err(e) => Finding::new(Status::Skip, format!("embedded Python: {e}")),
+        }
+    }
+}
+
+#[cfg(not(feature = "python"))]
+fn embedded_python() -> EmbeddedPython {
+    EmbeddedPython {
+        version: Err("not in this build (built without the `python` feature)".into()),
+        base_prefix: String::new(),
+    }
+}
+
+#[cfg(feature = "python")]
+fn embedded_python() -> EmbeddedPython {
+    use pyo3::types::PyAnyMethods;
+    pyo3::Python::initialize();
+    pyo3::Python::attach(|py| {
+        let v = py.version_info();
+        let base_prefix = py
+            .import("sys")
+            .and_then(|s| s.getattr("base_prefix"))
+            .and_then(|p| p.extract::<String>())
+            .unwrap_or_default();
+        EmbeddedPython {
+            version: Ok((v.major, v.minor, v.patch)),
+            base_prefix,
+        }
+    })
+}
+
+fn is_store_python(path: &str) -> bool {
+    path.to_ascii_lowercase().contains("windowsapps")
+}
+
+fn store_python_fail(mut f: Finding, version: &str) -> Finding {
+    f.status = Status::Fail;
+    f.detail(
+        "this is the Microsoft Store Python (an App Execution Alias under WindowsApps): IIS app pool identities cannot run or read it",
+    )
+    .fix(format!(
+        r#"install Python {version} from python.org "for all users" (C:\Program Files\Python...), then recreate the venv with it: "C:\Program Files\Python...\python.exe" -m venv <venv>"#
+    ))
+}
+
+fn resolve_venv(args: &DoctorArgs, site: &Site) -> Option<(PathBuf, &'static str)> {
+    if let Some(v) = &args.venv {
+        return Some((v.clone(), "--venv"));
+    }
+    if let Some(v) = site.registered.as_ref().and_then(|r| r.venv.clone()) {
+        return Some((v, "the pyfcgi handler's --venv"));
+    }
+    if let Some(v) = site.settings.get("PYFCGI_VENV") {
+        return Some((PathBuf::from(v), "PYFCGI_VENV"));
+    }
+    // As `serve` finds one (VIRTUAL_ENV left out: IIS does not set it).
+    for dir in site.root.ancestors() {
+        if dir.join("pyvenv.cfg").is_file() {
+            return Some((dir.to_owned(), "a pyvenv.cfg at or above the app folder"));
+        }
+        for name in [".venv", "venv"] {
+            if dir.join(name).join("pyvenv.cfg").is_file() {
+                return Some((
+                    dir.join(name),
+                    "a .venv/venv folder at or above the app folder",
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// `key = value` lines of a pyvenv.cfg.
+fn read_pyvenv_cfg(path: &Path) -> std::io::Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect())
+}
+
+fn check_venv(venv: Option<&(PathBuf, &'static str)>, python: &EmbeddedPython) -> Finding {
+    let Some((venv, from)) = venv else {
+        let mut f = Finding::new(
+            Status::Pass,
+            "venv: none; packages come from the embedded Python's own site-packages",
+        );
+        if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
+            f.status = Status::Warn;
+            f = f
+                .detail(format!(
+                    "VIRTUAL_ENV is set in this shell ({}), but IIS does not set it",
+                    Path::new(&v).display()
+                ))
+                .fix("pass the venv to `pyfcgi iis enable --venv <dir>` so IIS uses it too");
+        }
+        return f;
+    };
+    let cfg_path = venv.join("pyvenv.cfg");
+    let cfg = match read_pyvenv_cfg(&cfg_path) {
+        Ok(c) => c,
+        Err(e) => {
+            return Finding::new(
+                Status::Fail,
+                format!(
+                    "venv: {} (from {from}) has no readable pyvenv.cfg: {e}",
+                    venv.display()
+                ),
+            )
+            .fix(format!(
+                "create it with the Python pyfcgi embeds: python -m venv {}",
+                venv.display()
+            ));
+        }
+    };
+    let Ok((major, minor, _)) = python.version else {
+        return Finding::new(
+            Status::Skip,
+            format!("venv: {} (embedded Python unknown)", venv.display()),
+        );
+    };
+    let embedded = format!("{major}.{minor}");
+    let mut f = Finding::new(
+        Status::Pass,
+        format!("venv: {} (from {from})", venv.display()),
+    );
+    let recreate = format!(
+        "recreate it with Python {embedded} (the one pyfcgi embeds): python{embedded} -m venv --clear {}, then reinstall the requirements",
+        venv.display()
+    );
+    for key in ["home", "executable", "base-executable", "command"] {
+        if let Some(v) = cfg.get(key) {
+            f = f.detail(format!("{key} = {v}"));
+            if is_store_python(v) && f.status != Status::Fail {
+                f = store_python_fail(f, &embedded);
+            }
+        }
+    }
+    if f.status == Status::Fail {
+        return f;
+    }
+    match cfg.get("version").or_else(|| cfg.get("version_info")) {
+        Some(v) if v == &embedded || v.starts_with(&format!("{embedded}.")) => {
+            f = f.detail(format!(
+                "made for Python {v}, matching the embedded {embedded}"
+            ));
+        }
+        Some(v) => {
+            f.status = Status::Fail;
+            f = f
+                .detail(format!("made for Python {v}, but pyfcgi embeds {embedded}: compiled packages will not import"))
+                .fix(recreate.clone());
+        }
+        None => {
+            f.status = Status::Warn;
+            f = f
+                .detail("pyvenv.cfg has no version; cannot tell which Python made it")
+                .fix(recreate.clone());
+        }
+    }
+    if let Some(home) = cfg.get("home").filter(|h| !Path::new(h).is_dir()) {
+        if f.status == Status::Pass {
+            f.status = Status::Warn;
+            f = f.fix(recreate.clone());
+        }
+        f = f.detail(format!("its base Python folder {home} no longer exists"));
+    }
+    // Windows venvs use Lib\site-packages; POSIX ones lib/pythonX.Y/site-packages.
+    let site_packages = if venv.join("Lib").join("site-packages").is_dir() {
+        venv.join("Lib").join("site-packages")
+    } else {
+        venv.join("lib")
+            .join(format!("python{embedded}"))
+            .join("site-packages")
+    };
+    if site_packages.is_dir() {
+        f = f.detail(format!("site-packages: {}", site_packages.display()));
+    } else {
+        f.status = Status::Fail;
+        f = f
+            .detail(format!("no site-packages at {}", site_packages.display()))
+            .fix(recreate);
+    }
+    f
+}
+
+fn check_pythonpath(site: &Site) -> Option<Finding> {
+    let raw = site.settings.get("PYTHONPATH")?;
+    let entries = site.settings.pythonpath(&webconfig::process_env);
+    let mut f = Finding::new(Status::Pass, format!("PYTHONPATH: {raw}"));
+    let mut fixes = Vec::new();
+    for e in entries {
+        let p = Path::new(&e);
+        // serve runs in the app folder, so relative entries are relative to it.
+        let full = if p.is_absolute() || iis_cmd::is_windows_absolute(p) {
+            p.to_owned()
+        } else {
+            site.root.join(p)
+        };
+        if e.contains('%') {
+            f.status = Status::Warn;
+            f = f.detail(format!("{e}: a %VARIABLE% here is not set in this shell"));
+            fixes.push("set the variable for the app pool (or write the path out)".to_owned());
+        } else if full.is_dir() {
+            f = f.detail(format!("{e}: exists"));
+        } else {
+            f.status = Status::Warn;
+            f = f.detail(format!("{e}: does not exist"));
+            fixes.push(format!(
+                "create {} or correct PYTHONPATH in web.config",
+                full.display()
+            ));
+        }
+    }
+    if !fixes.is_empty() {
+        fixes.dedup();
+        f = f.fix(fixes.join("; "));
+    }
+    Some(f)
+}
+
+fn check_log(args: &DoctorArgs, site: &Site) -> Finding {
+    let from_settings = || {
+        ["PYFCGI_LOG_FILE", "WSGI_LOG"].into_iter().find_map(|k| {
+            site.settings
+                .get(k)
+                .filter(|v| !v.is_empty())
+                .map(|v| (PathBuf::from(v), k))
+        })
+    };
+    let Some((log, from)) = args
+        .log_file
+        .clone()
+        .map(|p| (p, "--log-file"))
+        .or_else(from_settings)
+    else {
+        return Finding::new(
+            Status::Warn,
+            "log: no WSGI_LOG appSetting; under IIS pyfcgi's log (and the app's tracebacks) go nowhere",
+        )
+        .fix(format!(
+            r#"add <add key="WSGI_LOG" value="{}" /> to <appSettings> (`pyfcgi iis enable` does)"#,
+            iis_cmd::display_join(&site.root, &["logs", "pyfcgi.log"])
+        ));
+    };
+    let full = if log.is_absolute() || iis_cmd::is_windows_absolute(&log) {
+        log.clone()
+    } else {
+        site.root.join(&log)
+    };
+    let dir = full
+        .parent()
+        .map_or_else(|| site.root.clone(), Path::to_owned);
+    let grant = format!(
+        r#"icacls "{}" /grant "IIS AppPool\<pool>:(OI)(CI)M""#,
+        dir.display()
+    );
+    if !dir.is_dir() {
+        return Finding::new(
+            Status::Fail,
+            format!(
+                "log: the folder of {} (from {from}) does not exist",
+                log.display()
+            ),
+        )
+        .fix(format!(
+            "create {} and let the app pool write there: {grant}",
+            dir.display()
+        ));
+    }
+    let probe = dir.join(format!(".pyfcgi-doctor-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            let f = Finding::new(
+                Status::Pass,
+                format!(
+                    "log: {} (from {from}); its folder is writable",
+                    log.display()
+                ),
+            );
+            if cfg!(windows) || iis_cmd::is_windows_absolute(&dir) {
+                f.detail(format!(
+                    "writable by this user; IIS writes as the app pool identity, which needs Modify: {grant}"
+                ))
+            } else {
+                f
+            }
+        }
+        Err(e) => Finding::new(
+            Status::Fail,
+            format!("log: cannot write in {} ({e})", dir.display()),
+        )
+        .fix(grant),
+    }
+}
+
+fn check_offline(site: &Site) -> Finding {
+    let path = offline::path(&site.root);
+    if path.is_file() {
+        Finding::new(
+            Status::Warn,
+            format!(
+                "app_offline.htm: {} exists, so the site is offline",
+                path.display()
+            ),
+        )
+        .detail("every request is answered 503 with that page and the application is not called")
+        .fix(format!(
+            "delete {} when the deployment is done",
+            path.display()
+        ))
+    } else {
+        Finding::new(Status::Pass, "app_offline.htm: absent (the site is online)")
+    }
+}
+
+#[cfg(not(feature = "python"))]
+fn check_import(
+    _app: Option<&(String, &'static str)>,
+    _venv: Option<&(PathBuf, &'static str)>,
+    _site: &Site,
+) -> Finding {
+    Finding::new(
+        Status::Skip,
+        "import: this pyfcgi was built without the `python` feature",
+    )
+}
+
+#[cfg(feature = "python")]
+fn check_import(
+    app: Option<&(String, &'static str)>,
+    venv: Option<&(PathBuf, &'static str)>,
+    site: &Site,
+) -> Finding {
+    let Some((spec, _)) = app else {
+        return Finding::new(Status::Skip, "import: no application to import");
+    };
+    // What `serve --app-root` does: PYTHONPATH from appSettings, the app folder as working
+    // directory, the other appSettings in os.environ.
+    let args = crate::serve::PythonArgs {
+        venv: venv.map(|v| v.0.clone()),
+        pythonpath: site
+            .settings
+            .pythonpath(&webconfig::process_env)
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        chdir: Some(site.root.clone()),
+    };
+    let env: Vec<(String, String)> = site
+        .settings
+        .environment()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    match crate::python::resolve(spec, &args, &env) {
+        Ok((pyfcgi_python::AppState::Loaded(_), report)) => {
+            let mut lines = report.lines();
+            let mut f = Finding::new(
+                Status::Pass,
+                format!("import: {}", lines.next().unwrap_or(spec)),
+            );
+            for l in lines.filter(|l| !l.trim().is_empty()) {
+                f = f.detail(l.trim_end().to_owned());
+            }
+            f
+        }
+        Ok((_, report)) => {
+            let mut lines = report.lines();
+            let mut f = Finding::new(
+                Status::Fail,
+                format!("import: {}", lines.next().unwrap_or(spec)),
+            );
+            for l in lines {
+                f = f.detail(l.trim_end().to_owned());
+            }
+            f.fix(format!(
+                "fix the error above; `pyfcgi check {spec} --chdir {}` repeats just this check",
+                site.root.display()
+            ))
+        }
+        Err(e) => Finding::new(Status::Fail, format!("import: {e:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_errors_name_line_and_column() {
+        assert_eq!(
+            xml_position("Malformed XML. 3:5 Unexpected end of stream"),
+            "line 3, column 5: Unexpected end of stream"
+        );
+        assert_eq!(xml_position("something else"), "something else");
+    }
+
+    #[test]
+    fn store_python_is_recognised() {
+        assert!(is_store_python(
+            r"C:\Users\me\AppData\Local\Microsoft\WindowsApps\PythonSoftwareFoundation.Python.3.12_qbz5n2kfra8p0"
+        ));
+        assert!(!is_store_python(r"C:\Program Files\Python312"));
+    }
+}
