@@ -469,7 +469,7 @@ async fn serve_async<H: pyfcgi_server::Handler>(
     } else {
         if inspect_stdin().is_none() {
             bail!(
-                "no --bind given and standard input is not a socket; use e.g. --bind 127.0.0.1:9000 or --bind unix:/run/pyfcgi.sock"
+                "no --bind given and standard input is not a socket (nor IIS's named pipe); use e.g. --bind 127.0.0.1:9000 or --bind unix:/run/pyfcgi.sock"
             );
         }
         Bind::Fd(0)

@@ -251,3 +251,64 @@ fn serve_with_nonsense_bind_fails_with_invalid_bind_address() {
         out.stderr
     );
 }
+
+#[test]
+fn request_shutdown_after_lets_the_request_in_flight_finish_and_the_child_exit_0() {
+    // The Unix twin of IIS's shutdown event: SIGTERM while request 3 (5 MB) is on its way.
+    let dir = TempDir::new("cli-shutdown-after");
+    let file = dir.path().join("body.bin");
+    std::fs::write(&file, noise(5 << 20)).unwrap();
+    let spec = format!("@{}", file.display());
+    let out = request(&[
+        "--spawn",
+        "--repeat",
+        "3",
+        "--shutdown-after",
+        "3",
+        "-s",
+        "--data-binary",
+        &spec,
+        "--expect-body",
+        &spec,
+        "--",
+        pyfcgi(),
+        "serve",
+        "--builtin",
+        "echo",
+    ]);
+    assert_ok(&out);
+    assert!(
+        out.stderr
+            .contains("3 response bodies matched --expect-body"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("child exited with code 0"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stdout.len(), 3 * (5 << 20));
+}
+
+#[test]
+fn request_expect_body_mismatch_exits_4() {
+    let out = request(&[
+        "--spawn",
+        "-d",
+        "abc",
+        "--expect-body",
+        "abd",
+        "--",
+        pyfcgi(),
+        "serve",
+        "--builtin",
+        "echo",
+    ]);
+    assert_eq!(out.code(), Some(4), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("first difference at byte 2"),
+        "{}",
+        out.stderr
+    );
+}

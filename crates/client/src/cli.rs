@@ -59,8 +59,9 @@ pub struct RequestArgs {
     pub spawn_listen: bool,
 
     /// Ask the spawned responder to shut down while request N is in flight (Windows: signal
-    /// _FCGI_SHUTDOWN_EVENT_; Unix: SIGTERM), send no request after it, and report how the
-    /// responder exited ("child exited with code X"); a non-zero code becomes the exit status.
+    /// _FCGI_SHUTDOWN_EVENT_; Unix: SIGTERM, so use N > 1 there: a responder still starting
+    /// dies of it), send no request after it, and report how the responder exited ("child
+    /// exited with code X"); a non-zero code becomes the exit status.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub shutdown_after: Option<u32>,
 

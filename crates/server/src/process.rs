@@ -58,14 +58,12 @@ mod windows {
         h.is_null() || h == INVALID_HANDLE_VALUE || unsafe { GetFileType(h) } == FILE_TYPE_UNKNOWN
     }
 
-    /// When standard input is IIS's named pipe, points stdout and stderr at `NUL` wherever
-    /// they are unusable (IIS passes `INVALID_HANDLE_VALUE`; under Wine they read as NULL).
-    /// Usable ones are kept, so a developer who runs the IIS setup by hand still sees output.
-    /// Returns true when something was redirected. Call it first thing in `main`.
+    /// Points stdout and stderr at `NUL` wherever they are unusable: IIS passes
+    /// `INVALID_HANDLE_VALUE` with both its pipe and its socket transports (under Wine they
+    /// read as NULL), and a service or scheduled task may have none. Usable ones are kept, so
+    /// a developer who runs the IIS setup by hand still sees output. Returns true when
+    /// something was redirected. Call it first thing in `main`.
     pub fn prepare_std_handles() -> bool {
-        if !crate::transport::windows::stdin_is_pipe_server() {
-            return false;
-        }
         let mut changed = false;
         for which in [STD_OUTPUT_HANDLE, STD_ERROR_HANDLE] {
             // SAFETY: reads the process's standard-handle table.
@@ -110,7 +108,12 @@ mod windows {
         let Some(value) = std::env::var_os(SHUTDOWN_EVENT_VAR) else {
             return Ok(false);
         };
-        let value = value.to_string_lossy().into_owned();
+        watch_event(&value.to_string_lossy(), shutdown)?;
+        Ok(true)
+    }
+
+    /// Starts the waiter thread for the event `value` names (a handle value or a name).
+    fn watch_event(value: &str, shutdown: CancellationToken) -> Result<(), ServerError> {
         let bad = |source: io::Error| ServerError::Io {
             context: format!(
                 "cannot use {SHUTDOWN_EVENT_VAR}={value:?} (expected an inherited event handle or an event name)"
@@ -155,6 +158,64 @@ mod windows {
                 shutdown.cancel();
             })
             .map_err(bad)?;
-        Ok(true)
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::time::Duration;
+
+        use windows_sys::Win32::Foundation::CloseHandle;
+        use windows_sys::Win32::System::Threading::{CreateEventW, SetEvent};
+
+        use super::*;
+
+        fn event(name: Option<&str>) -> HANDLE {
+            let name: Option<Vec<u16>> = name.map(|n| n.encode_utf16().chain([0]).collect());
+            let ptr = name.as_ref().map_or(std::ptr::null(), |n| n.as_ptr());
+            // SAFETY: a manual-reset, non-signalled event; the name (if any) is NUL-terminated.
+            let h = unsafe { CreateEventW(std::ptr::null(), 1, 0, ptr) };
+            assert!(!h.is_null());
+            h
+        }
+
+        async fn cancelled_soon(token: &CancellationToken) -> bool {
+            tokio::time::timeout(Duration::from_secs(10), token.cancelled())
+                .await
+                .is_ok()
+        }
+
+        #[tokio::test]
+        async fn signalled_event_handle_value_starts_the_shutdown() {
+            let h = event(None);
+            let token = CancellationToken::new();
+            watch_event(&(h as usize).to_string(), token.clone()).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!token.is_cancelled());
+            // SAFETY: our own event.
+            unsafe { SetEvent(h) };
+            assert!(cancelled_soon(&token).await);
+        }
+
+        #[tokio::test]
+        async fn event_name_is_accepted_too() {
+            let name = format!("pyfcgi-test-shutdown-{}", std::process::id());
+            let h = event(Some(&name));
+            let token = CancellationToken::new();
+            watch_event(&name, token.clone()).unwrap();
+            // SAFETY: our own event.
+            unsafe { SetEvent(h) };
+            assert!(cancelled_soon(&token).await);
+            // SAFETY: closes our handle once (the watcher opened its own).
+            unsafe { CloseHandle(h) };
+        }
+
+        #[test]
+        fn bad_values_are_reported_at_startup() {
+            let token = CancellationToken::new();
+            let err = watch_event("no-such-event-anywhere", token.clone()).unwrap_err();
+            assert!(err.to_string().contains("_FCGI_SHUTDOWN_EVENT_"), "{err}");
+            assert!(watch_event("999999", token).is_err());
+        }
     }
 }

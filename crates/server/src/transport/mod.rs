@@ -4,7 +4,8 @@
 //! |---|---|
 //! | `HOST:PORT`, `tcp:HOST:PORT` | TCP listener (`FCGI_WEB_SERVER_ADDRS` allow-list enforced) |
 //! | `unix:PATH` | Unix socket listener (`--socket-mode` applies) |
-//! | `fd:N` | a socket inherited on descriptor N: a listening socket is accepted on (spec §2.2, `FCGI_LISTENSOCK_FILENO`, as spawn-fcgi, mod_fcgid and lighttpd pass it); an already-connected stream is served as the one connection (how IIS hands over its pipe; `pyfcgi request --spawn` emulates it with a socketpair) |
+//! | `fd:N` | a socket inherited on descriptor N: a listening socket is accepted on (spec §2.2, `FCGI_LISTENSOCK_FILENO`, as spawn-fcgi, mod_fcgid and lighttpd pass it); an already-connected stream is served as the one connection (how IIS hands over its pipe; `pyfcgi request --spawn` emulates it with a socketpair on Unix) |
+//! | `fd:0` on Windows | standard input as IIS passes it: the server end of its named pipe (`protocol="NamedPipe"`) or a listening socket (`protocol="Tcp"`); another N is an inherited handle value |
 //!
 //! Without `--bind`, standard input is inspected and used as `fd:0` when it is a socket (or,
 //! on Windows, the server end of IIS's named pipe). Platform code lives in `unix` and

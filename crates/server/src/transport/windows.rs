@@ -98,11 +98,6 @@ pub fn inspect_stdin() -> Option<StdinKind> {
     })
 }
 
-/// True when standard input is the server end of a named pipe, as IIS passes it.
-pub fn stdin_is_pipe_server() -> bool {
-    stdin_handle().and_then(inspect_handle) == Some(HandleKind::PipeServer)
-}
-
 /// Inspects `handle` without taking it; `None` when it is neither a named pipe's server end
 /// nor a stream socket (a file, a console, an anonymous pipe, a closed handle).
 pub fn inspect_handle(handle: HANDLE) -> Option<HandleKind> {
@@ -121,8 +116,9 @@ pub fn inspect_handle(handle: HANDLE) -> Option<HandleKind> {
         )
     } != 0;
     if is_pipe {
-        // An anonymous pipe (`cmd | pyfcgi`) is a pipe too, but only the server end of a
-        // named pipe can be `ConnectNamedPipe`d; stdin of a shell pipeline is a client end.
+        // A client end (someone else's pipe opened by name) is no transport of ours. (The
+        // read end of an anonymous pipe, `cmd | pyfcgi`, is a server end too; nobody feeds
+        // FastCGI to pyfcgi that way.)
         return (flags & PIPE_SERVER_END != 0).then_some(HandleKind::PipeServer);
     }
     socket_kind(handle as SOCKET)
@@ -163,7 +159,7 @@ fn socket_kind(s: SOCKET) -> Option<HandleKind> {
         // Wine 8 answers WSAENOTSOCK to getsockopt on an *inherited* socket, while
         // getsockname, getpeername and accept work: decide by whether it has a peer.
         _ => {
-            let mut addr: SOCKADDR_STORAGE = unsafe_zeroed();
+            let mut addr: SOCKADDR_STORAGE = zeroed_sockaddr();
             let mut len = size_of::<SOCKADDR_STORAGE>() as i32;
             // SAFETY: the call writes at most `len` bytes into `addr`, a live local.
             if unsafe { getsockname(s, (&raw mut addr).cast(), &raw mut len) } != 0 {
@@ -181,7 +177,7 @@ fn socket_kind(s: SOCKET) -> Option<HandleKind> {
     }
 }
 
-fn unsafe_zeroed() -> SOCKADDR_STORAGE {
+fn zeroed_sockaddr() -> SOCKADDR_STORAGE {
     // SAFETY: SOCKADDR_STORAGE is plain data; all-zero is a valid (empty) value.
     unsafe { std::mem::zeroed() }
 }
@@ -781,8 +777,10 @@ mod tests {
         let big = vec![7u8; 1 << 20];
         let write = async {
             conn.write_all(&big).await.unwrap();
+            assert!(conn.written < conn.sent, "the client has not read yet");
             conn.flush().await.unwrap();
-            // Flushed: now dropping the connection and the listener loses nothing.
+            // Flushed: every WriteFile completed, so even a process exit now loses nothing.
+            assert_eq!(conn.written, big.len() as u64);
             drop(conn);
             drop(l);
         };
