@@ -132,7 +132,11 @@ impl Server {
             .split("listen=")
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no listen= in {line:?}"))
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no listen= in {line:?}")
+            })
             .trim_start_matches("tcp:")
             .to_owned();
         Self {
@@ -501,7 +505,11 @@ impl Server {
             .split("listen=")
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no listen= in {line:?}"))
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no listen= in {line:?}")
+            })
             .trim_start_matches("tcp:")
             .to_owned();
         Self {

@@ -8,15 +8,52 @@ use pyo3::types::{PyDict, PyString};
 use super::WsgiConfig;
 
 /// Decodes latin-1 bytes (every byte is one code point), as PEP 3333 requires for environ
-/// values; ASCII (the common case) is borrowed as is.
+/// values, in one pass by CPython's own decoder.
 pub(crate) fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
-    match std::str::from_utf8(b) {
-        Ok(s) if s.is_ascii() => PyString::new(py, s),
-        _ => {
-            let s: String = b.iter().map(|&c| char::from(c)).collect();
-            PyString::new(py, &s)
-        }
+    let len = pyo3::ffi::Py_ssize_t::try_from(b.len()).unwrap_or(pyo3::ffi::Py_ssize_t::MAX);
+    // SAFETY: the pointer and length describe `b`, which outlives the call; latin-1 decoding
+    // cannot fail for any byte, and a NULL return (out of memory) is handled below.
+    let obj =
+        unsafe { pyo3::ffi::PyUnicode_DecodeLatin1(b.as_ptr().cast(), len, std::ptr::null()) };
+    // SAFETY: `obj` is a new reference (or NULL) returned by the call above.
+    let Some(o) = (unsafe { Bound::from_owned_ptr_or_opt(py, obj) }) else {
+        // Out of memory: clear the error and fall back to an empty string.
+        let _ = PyErr::take(py);
+        return PyString::new(py, "");
+    };
+    o.cast_into::<PyString>()
+        .unwrap_or_else(|_| PyString::new(py, ""))
+}
+
+/// Most environ keys repeat on every request (CGI variables, common headers): keep them as
+/// interned strings, whose hash Python caches, instead of decoding and hashing them anew.
+fn key<'py>(py: Python<'py>, name: &[u8]) -> Bound<'py, PyString> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    const MAX_KEYS: usize = 512;
+    const MAX_KEY_LEN: usize = 64;
+    thread_local! {
+        static KEYS: RefCell<HashMap<Vec<u8>, Py<PyString>>> = RefCell::new(HashMap::new());
     }
+    if name.len() > MAX_KEY_LEN {
+        return latin1(py, name);
+    }
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        if let Some(k) = keys.get(name) {
+            return k.bind(py).clone();
+        }
+        let k = latin1(py, name);
+        if keys.len() < MAX_KEYS
+            && name.is_ascii()
+            && let Ok(s) = k.to_str()
+        {
+            let interned = PyString::intern(py, s);
+            keys.insert(name.to_vec(), interned.clone().unbind());
+            return interned;
+        }
+        k
+    })
 }
 
 /// Builds the environ dict for one request (without `wsgi.input`/`wsgi.errors`, which the
@@ -45,7 +82,7 @@ pub(crate) fn build<'py>(
             }
             _ => {}
         }
-        env.set_item(latin1(py, name), latin1(py, value))?;
+        env.set_item(key(py, name), latin1(py, value))?;
     }
     // Under IIS the application's virtual path is in APPL_MD_PATH and PATH_INFO holds the
     // whole URL path (research: iis-fastcgi.md §2.3); --script-name / the SCRIPT_NAME
