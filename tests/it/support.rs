@@ -90,61 +90,9 @@ impl Server {
     }
 
     fn start(args: &[&str], bind: &str, dir: Option<TempDir>) -> Self {
-        let mut child = Command::new(pyfcgi())
-            .arg("serve")
-            .args(args)
-            .args(["--bind", bind])
-            .env(
-                "PYFCGI_LOG",
-                std::env::var("PYFCGI_TEST_LOG").unwrap_or_else(|_| "debug".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pyfcgi");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("serving listen=")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(line.clone());
-                }
-                let mut l = log2.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("pyfcgi did not start: {}", log.lock().unwrap());
-            }
-        };
-        let addr = line
-            .split("listen=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no listen= in {line:?}")
-            })
-            .trim_start_matches("tcp:")
-            .to_owned();
-        Self {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        }
+        let mut cmd = serve_command(args);
+        cmd.args(["--bind", bind]).stdin(Stdio::null());
+        Self::from_command(cmd, dir)
     }
 
     /// The log so far (ANSI colours stripped).

@@ -628,21 +628,7 @@ fn child_path<'a>(mut el: &'a mut Element, names: &[&str]) -> Option<&'a mut Ele
 }
 
 fn parse(xml: &[u8], path: &Path) -> Result<Element, IisError> {
-    let xml = xml.strip_prefix(b"\xef\xbb\xbf").unwrap_or(xml);
-    let root = Element::parse(xml).map_err(|e| IisError::Xml {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    if root.name != "configuration" {
-        return Err(IisError::Invalid {
-            path: path.to_owned(),
-            message: format!(
-                "the root element is <{}>, expected <configuration>",
-                root.name
-            ),
-        });
-    }
-    Ok(root)
+    crate::webconfig::parse_configuration(xml, path)
 }
 
 fn emit(root: &Element, path: &Path) -> Result<String, IisError> {

@@ -96,21 +96,7 @@ impl AppSettings {
 
     /// Applies `<appSettings>` from XML text (`path` is for messages).
     pub fn apply_xml(&mut self, xml: &[u8], path: &Path) -> Result<(), IisError> {
-        // A UTF-8 BOM (Visual Studio writes one) is fine for IIS and for us.
-        let xml = xml.strip_prefix(b"\xef\xbb\xbf").unwrap_or(xml);
-        let root = Element::parse(xml).map_err(|e| IisError::Xml {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        if root.name != "configuration" {
-            return Err(IisError::Invalid {
-                path: path.to_owned(),
-                message: format!(
-                    "the root element is <{}>, expected <configuration>",
-                    root.name
-                ),
-            });
-        }
+        let root = parse_configuration(xml, path)?;
         let Some(app_settings) = root.get_child("appSettings") else {
             return Ok(());
         };
@@ -143,6 +129,26 @@ impl AppSettings {
         }
         Ok(())
     }
+}
+
+/// Parses a web.config, checking that the root element is `<configuration>`. A UTF-8 BOM
+/// (Visual Studio writes one) is accepted, as IIS accepts it.
+pub(crate) fn parse_configuration(xml: &[u8], path: &Path) -> Result<Element, IisError> {
+    let xml = xml.strip_prefix(b"\xef\xbb\xbf").unwrap_or(xml);
+    let root = Element::parse(xml).map_err(|e| IisError::Xml {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    if root.name != "configuration" {
+        return Err(IisError::Invalid {
+            path: path.to_owned(),
+            message: format!(
+                "the root element is <{}>, expected <configuration>",
+                root.name
+            ),
+        });
+    }
+    Ok(root)
 }
 
 /// Reads the `<appSettings>` that apply to an application at `app_dir`: `web.config` of every
