@@ -36,6 +36,9 @@ enum Command {
     Check(CheckArgs),
     /// Send one FastCGI request and print the response like `curl -i`.
     Request(pyfcgi_client::cli::RequestArgs),
+    /// Load a FastCGI responder and report throughput, latency percentiles and errors
+    /// (exit 2 when any request failed, 1 on a usage or setup error).
+    Bench(Box<pyfcgi_client::bench::BenchArgs>),
     /// Register pyfcgi with IIS for a site (enable, disable), or print its web.config.
     Iis(iis_cmd::IisArgs),
     /// Check a site's IIS setup (web.config, handler, venv, import, logs) and say what to fix.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "python")]
         Command::Check(args) => check_main(&args),
         Command::Request(args) => request_main(args),
+        Command::Bench(args) => bench_main(*args),
         Command::Iis(args) => iis_cmd::main(args),
         Command::Doctor(args) => doctor::main(&args),
     }
@@ -97,6 +101,11 @@ fn request_main(args: pyfcgi_client::cli::RequestArgs) -> ExitCode {
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     }
+}
+
+fn bench_main(args: pyfcgi_client::bench::BenchArgs) -> ExitCode {
+    logging::init_stderr("warn");
+    ExitCode::from(u8::try_from(pyfcgi_client::bench::main(args)).unwrap_or(1))
 }
 
 #[cfg(feature = "python")]

@@ -8,6 +8,7 @@
 mod support;
 
 mod app_loading;
+mod bench;
 mod cgi_fcgi;
 mod cli;
 mod hostile;

@@ -177,7 +177,7 @@ pub async fn run(args: RequestArgs, out: &mut impl Write) -> Result<i32, ClientE
     result
 }
 
-fn timeout_from_secs(secs: f64) -> Result<Option<Duration>, ClientError> {
+pub(crate) fn timeout_from_secs(secs: f64) -> Result<Option<Duration>, ClientError> {
     if secs == 0.0 {
         return Ok(None);
     }
@@ -247,7 +247,7 @@ async fn within<T>(
 }
 
 /// Reads a `-d`/`--data-binary` value: literal, `@FILE` or `@-`.
-async fn load_body(spec: &str, strip_newlines: bool) -> Result<Vec<u8>, ClientError> {
+pub(crate) async fn load_body(spec: &str, strip_newlines: bool) -> Result<Vec<u8>, ClientError> {
     let Some(path) = spec.strip_prefix('@') else {
         return Ok(spec.as_bytes().to_vec());
     };
@@ -276,21 +276,48 @@ async fn load_body(spec: &str, strip_newlines: bool) -> Result<Vec<u8>, ClientEr
 }
 
 async fn build_request(args: &RequestArgs) -> Result<Request, ClientError> {
-    let body = match (&args.data, &args.data_binary) {
+    build_request_from(&RequestShape {
+        method: args.method.as_deref(),
+        url: &args.url,
+        headers: &args.headers,
+        data: args.data.as_deref(),
+        data_binary: args.data_binary.as_deref(),
+        params: &args.params,
+        iis: args.iis,
+        keep_conn: args.keep_conn(),
+    })
+    .await
+}
+
+/// The request-shaping flags `pyfcgi request` and `pyfcgi bench` share.
+pub(crate) struct RequestShape<'a> {
+    pub method: Option<&'a str>,
+    pub url: &'a str,
+    pub headers: &'a [String],
+    pub data: Option<&'a str>,
+    pub data_binary: Option<&'a str>,
+    pub params: &'a [String],
+    pub iis: bool,
+    pub keep_conn: bool,
+}
+
+/// Builds the request the shaping flags describe (bodies from `@FILE` are read here).
+pub(crate) async fn build_request_from(args: &RequestShape<'_>) -> Result<Request, ClientError> {
+    let body = match (args.data, args.data_binary) {
         (Some(data), _) => Some(load_body(data, true).await?),
         (None, Some(data)) => Some(load_body(data, false).await?),
         (None, None) => None,
     };
-    let method = match (&args.method, &body) {
-        (Some(m), _) => m.clone(),
+    let method = match (args.method, &body) {
+        (Some(m), _) => m.to_owned(),
         (None, Some(_)) => "POST".to_owned(),
         (None, None) => "GET".to_owned(),
     };
-    let mut builder = Request::builder(method, args.url.clone())
+    let mut builder = Request::builder(method, args.url.to_owned())
         .iis(args.iis)
-        .keep_conn(args.keep_conn());
+        .keep_conn(args.keep_conn);
     let mut has_content_type = false;
-    for header in &args.headers {
+    for header in args.headers {
         let Some((name, value)) = header.split_once(':') else {
             return Err(ClientError::Usage(format!(
                 "-H {header:?} is not a header: write it as 'Name: value'"
@@ -305,7 +332,7 @@ async fn build_request(args: &RequestArgs) -> Result<Request, ClientError> {
     if let Some(body) = body {
         builder = builder.body(Bytes::from(body));
     }
-    for param in &args.params {
+    for param in args.params {
         match param.split_once('=') {
             Some((name, value)) if !name.is_empty() => builder = builder.param(name, value),
             _ => {

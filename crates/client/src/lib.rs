@@ -11,7 +11,7 @@
 //! * [`Spawned`]: starts a responder the way a web server does: on Windows exactly as IIS does
 //!   (its named pipe, or a listening socket, on stdin); on Unix with a connected socket pair
 //!   (IIS emulation) or a listening socket (FastCGI spec §2.2).
-//! * [`cli`]: the `pyfcgi request` command.
+//! * [`cli`]: the `pyfcgi request` command; [`bench`]: the `pyfcgi bench` load generator.
 //!
 //! ```
 //! # async fn demo() -> Result<(), pyfcgi_client::ClientError> {
@@ -28,6 +28,7 @@
 //! ```
 
 mod address;
+pub mod bench;
 pub mod cli;
 mod connection;
 mod error;

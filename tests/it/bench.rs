@@ -1,0 +1,174 @@
+//! `pyfcgi bench` driven as a user would: its correctness gate, its JSON report and its exit
+//! codes (not its speed: CI machines are too noisy for timed assertions).
+
+use std::time::Duration;
+
+use crate::support::{CmdOutput, Server, pyfcgi, run_pyfcgi};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn bench(args: &[&str]) -> CmdOutput {
+    let mut argv = vec!["bench"];
+    argv.extend_from_slice(args);
+    run_pyfcgi(&argv, &[], None, LIMIT)
+}
+
+/// The integer value of `"key":N` in the one-line JSON report.
+fn json_u64(json: &str, key: &str) -> u64 {
+    let needle = format!("\"{key}\":");
+    let at = json
+        .find(&needle)
+        .unwrap_or_else(|| panic!("{key} missing: {json}"))
+        + needle.len();
+    let digits: String = json[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a count: {json}"))
+}
+
+fn json_f64(json: &str, key: &str) -> f64 {
+    let needle = format!("\"{key}\":");
+    let at = json
+        .find(&needle)
+        .unwrap_or_else(|| panic!("{key} missing: {json}"))
+        + needle.len();
+    let number: String = json[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    number
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number: {json}"))
+}
+
+fn assert_code(out: &CmdOutput, code: i32) {
+    assert_eq!(
+        out.code(),
+        Some(code),
+        "stderr:\n{}\nstdout:\n{}",
+        out.stderr,
+        out.stdout_str()
+    );
+}
+
+#[test]
+fn bench_connect_counts_every_good_response_in_json() {
+    let server = Server::tcp(&["--builtin", "hello"]);
+    let out = bench(&[
+        "--connect",
+        &server.addr,
+        "-c",
+        "4",
+        "-n",
+        "2000",
+        "--expect-body",
+        "Hello, World!",
+        "--json",
+    ]);
+    assert_code(&out, 0);
+    let json = out.stdout_str();
+    assert!(json.starts_with('{') && json.ends_with("}\n"), "{json}");
+    assert_eq!(json.lines().count(), 1, "{json}");
+    assert_eq!(json_u64(&json, "requests"), 2000, "{json}");
+    assert_eq!(json_u64(&json, "ok"), 2000, "{json}");
+    assert_eq!(json_u64(&json, "error_total"), 0, "{json}");
+    assert_eq!(json_u64(&json, "connections"), 4, "{json}");
+    // The hello body is 13 bytes, so the CGI response is more than that per request.
+    assert!(json_u64(&json, "bytes_in") > 2000 * 13, "{json}");
+    assert!(json_u64(&json, "bytes_out") > 2000 * 16, "{json}");
+    assert!(json_f64(&json, "throughput_rps") > 0.0, "{json}");
+    let p50 = json_f64(&json, "p50");
+    let p99 = json_f64(&json, "p99");
+    let max = json_f64(&json, "max");
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{json}");
+}
+
+#[test]
+fn bench_spawn_runs_one_echo_process_per_connection() {
+    let out = bench(&[
+        "--spawn",
+        "-c",
+        "2",
+        "-n",
+        "300",
+        "--data-binary",
+        "abc",
+        "--expect-body",
+        "abc",
+        "--json",
+        "--",
+        pyfcgi(),
+        "serve",
+        "--builtin",
+        "echo",
+    ]);
+    assert_code(&out, 0);
+    let json = out.stdout_str();
+    assert_eq!(json_u64(&json, "ok"), 300, "{json}");
+    assert_eq!(json_u64(&json, "error_total"), 0, "{json}");
+}
+
+#[test]
+fn bench_wrong_expected_body_counts_mismatches_and_exits_2() {
+    let server = Server::tcp(&["--builtin", "hello"]);
+    let out = bench(&[
+        "--connect",
+        &server.addr,
+        "-c",
+        "2",
+        "-n",
+        "250",
+        "--expect-body",
+        "wrong",
+    ]);
+    assert_code(&out, 2);
+    let table = out.stdout_str();
+    // Responses 0, 100 and 200 are checked; the run goes on after a mismatch.
+    assert!(
+        table.contains("requests    250 (247 ok, 3 errors)"),
+        "{table}"
+    );
+    assert!(table.contains("body 3"), "{table}");
+    assert!(out.stderr.contains("first error: body:"), "{}", out.stderr);
+}
+
+#[test]
+fn bench_rate_paces_an_open_loop_run() {
+    let server = Server::tcp(&["--builtin", "hello"]);
+    let out = bench(&[
+        "--connect",
+        &server.addr,
+        "--rate",
+        "500",
+        "-d",
+        "1",
+        "--json",
+    ]);
+    assert_code(&out, 0);
+    let json = out.stdout_str();
+    // Request k is due at k/500 s, and none is due at or after 1 s: exactly 500.
+    assert_eq!(json_u64(&json, "requests"), 500, "{json}");
+    assert_eq!(json_u64(&json, "ok"), 500, "{json}");
+    assert!(json_f64(&json, "duration_s") >= 0.99, "{json}");
+}
+
+#[test]
+fn bench_refused_connection_is_counted_not_fatal() {
+    let port = crate::support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let out = bench(&["--connect", &addr, "-c", "1", "-n", "3", "--json"]);
+    assert_code(&out, 2);
+    let json = out.stdout_str();
+    assert!(json_u64(&json, "connect") >= 3, "{json}");
+    assert!(out.stderr.contains("cannot connect"), "{}", out.stderr);
+}
+
+#[test]
+fn bench_spawn_with_no_keep_conn_is_a_usage_error() {
+    let out = bench(&["--spawn", "--no-keep-conn", "--", pyfcgi(), "serve"]);
+    assert_code(&out, 1);
+    assert!(out.stderr.contains("--no-keep-conn"), "{}", out.stderr);
+}
