@@ -1,30 +1,31 @@
-//! Drives one FastCGI connection over any `AsyncRead + AsyncWrite`.
+//! Drives one FastCGI connection.
 //!
 //! Two halves run concurrently in one task:
 //! * the **reader** decodes records ([`ServerConnection`]), starts a handler task per request,
 //!   feeds request bodies through bounded channels (waiting when a handler is slow to read, which
 //!   stops reading the socket: backpressure on the web server), and fires abort signals;
-//! * the **writer** takes response pieces from one bounded queue shared by the connection's
-//!   requests, encodes them and coalesces whatever is queued into one write.
+//! * the **writer** flushes what the requests' writers could not send directly (see `out.rs`:
+//!   a response normally leaves from the thread that produced it, in one non-blocking send),
+//!   coalescing everything queued into one write.
 //!
-//! An id is released (the writer tells the reader) *before* its `FCGI_END_REQUEST` is written,
-//! so a web server that reuses the id right after reading the END_REQUEST never races the
-//! release.
+//! An id is released before its `FCGI_END_REQUEST` can reach the socket, so a web server that
+//! reuses the id right after reading the END_REQUEST never races the release.
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use pyfcgi_proto::RecordType;
 use pyfcgi_proto::server::{Event, Limits, ServerConnection};
-use pyfcgi_proto::{ProtocolStatus, encode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::body::{self, BodyConfig, BodyFeeder};
-use crate::handler::{AbortSignal, BodyMsg, Handler, Outgoing, Request, ResponseWriter, StdinGate};
+use crate::handler::{AbortSignal, BodyMsg, Handler, Request, ResponseWriter, StdinGate};
+use crate::out::{self, DirectStream, End, Out, OwnedSink, SharedSink, TryWrite, WriteSink};
 
 /// Per-connection settings.
 #[derive(Debug, Clone)]
@@ -35,10 +36,9 @@ pub struct ConnConfig {
     pub idle_timeout: Option<Duration>,
     /// How request bodies are buffered for handlers (memory, then a temp file).
     pub body: BodyConfig,
-    /// Response pieces buffered per connection before handlers wait for the socket.
-    pub response_queue: usize,
-    /// Coalesce queued response records into writes of up to this many bytes.
-    pub write_coalesce: usize,
+    /// Response bytes a connection buffers (beyond what the socket takes) before handlers
+    /// wait; also the largest single write.
+    pub response_buffer: usize,
     /// Read buffer size.
     pub read_buffer: usize,
     /// Pad records to 8 bytes (spec §3.3 "should"; no web server needs it).
@@ -54,8 +54,7 @@ impl Default for ConnConfig {
                 queue: 8,
                 max_memory: 1 << 20,
             },
-            response_queue: 32,
-            write_coalesce: 256 * 1024,
+            response_buffer: 256 * 1024,
             read_buffer: 64 * 1024,
             align_records: false,
         }
@@ -71,10 +70,37 @@ struct Active {
     started: bool,
 }
 
-/// Serves one connection until it closes, the peer misbehaves, or `shutdown` fires and no
-/// request is in flight. Never panics on bad input: a protocol error closes this connection
-/// with a logged reason.
-pub async fn serve_connection<IO, H>(
+/// Serves one connection over a socket that requests may write to directly, until it closes,
+/// the peer misbehaves, or `shutdown` fires and no request is in flight. Never panics on bad
+/// input: a protocol error closes this connection with a logged reason.
+pub async fn serve_connection<S, H>(
+    stream: S,
+    handler: Arc<H>,
+    config: Arc<ConnConfig>,
+    shutdown: CancellationToken,
+    peer: &str,
+) where
+    S: DirectStream,
+    H: Handler,
+{
+    let stream = Arc::new(stream);
+    let sink: Arc<dyn TryWrite> = Arc::clone(&stream) as Arc<dyn TryWrite>;
+    let out = Out::new(Some(sink), config.response_buffer, config.align_records);
+    run(
+        SharedSource(Arc::clone(&stream)),
+        SharedSink(stream),
+        out,
+        handler,
+        &config,
+        shutdown,
+        peer,
+    )
+    .await;
+}
+
+/// [`serve_connection`] for any `AsyncRead + AsyncWrite` (the Windows named pipe, tests):
+/// responses always go through the writer task.
+pub async fn serve_stream<IO, H>(
     io: IO,
     handler: Arc<H>,
     config: Arc<ConnConfig>,
@@ -84,63 +110,126 @@ pub async fn serve_connection<IO, H>(
     IO: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
 {
-    debug!(peer, "connection accepted");
     let (rd, wr) = tokio::io::split(io);
-    let (tx, rx) = mpsc::channel(config.response_queue.max(1));
-    let (freed_tx, freed_rx) = mpsc::unbounded_channel();
-    let closed = CancellationToken::new();
-    let reader = read_loop(
-        rd,
+    let out = Out::new(None, config.response_buffer, config.align_records);
+    run(
+        OwnedSource(rd),
+        OwnedSink(wr),
+        out,
         handler,
         &config,
-        tx,
-        freed_rx,
-        closed.clone(),
         shutdown,
         peer,
-    );
-    let writer = write_loop(wr, rx, freed_tx, &config, closed, peer);
+    )
+    .await;
+}
+
+async fn run<R: ReadSource, W: WriteSink, H: Handler>(
+    rd: R,
+    wr: W,
+    out: Arc<Out>,
+    handler: Arc<H>,
+    config: &ConnConfig,
+    shutdown: CancellationToken,
+    peer: &str,
+) {
+    debug!(peer, "connection accepted");
+    let closed = CancellationToken::new();
+    let reader = read_loop(rd, handler, config, &out, closed.clone(), shutdown, peer);
+    let writer = async {
+        if let Err(e) = out::write_loop(wr, &out).await {
+            debug!(peer, error = %e, "web server went away while a response was being written");
+        }
+        closed.cancel();
+    };
     tokio::join!(reader, writer);
     debug!(peer, "connection closed");
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn read_loop<R, H>(
+/// Where the reader gets bytes.
+trait ReadSource {
+    /// Reads into `buf`; 0 at the end of the stream.
+    fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+    /// Reads what is already there without waiting (`None`: nothing, or an error).
+    fn read_now(&mut self, buf: &mut BytesMut) -> Option<usize>;
+}
+
+struct SharedSource<S>(Arc<S>);
+
+impl<S: DirectStream> ReadSource for SharedSource<S> {
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            self.0.readable().await?;
+            let room = buf.capacity() - buf.len();
+            match self.0.try_read_buf(buf) {
+                Ok(n) => {
+                    if n > 0 && n < room {
+                        // A short read emptied the socket: wait in the poller next time
+                        // rather than pay for a read that would say WouldBlock.
+                        self.0.clear_read_ready();
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn read_now(&mut self, buf: &mut BytesMut) -> Option<usize> {
+        self.0.try_read_buf(buf).ok()
+    }
+}
+
+struct OwnedSource<R>(R);
+
+impl<R: AsyncRead + Unpin + Send> ReadSource for OwnedSource<R> {
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        self.0.read_buf(buf).await
+    }
+
+    fn read_now(&mut self, buf: &mut BytesMut) -> Option<usize> {
+        use std::task::{Context, Poll, Waker};
+        let mut cx = Context::from_waker(Waker::noop());
+        let fut = self.0.read_buf(buf);
+        tokio::pin!(fut);
+        match fut.poll(&mut cx) {
+            Poll::Ready(Ok(n)) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+async fn read_loop<R: ReadSource, H: Handler>(
     mut rd: R,
     handler: Arc<H>,
     config: &ConnConfig,
-    tx: mpsc::Sender<Outgoing>,
-    mut freed_rx: mpsc::UnboundedReceiver<u16>,
+    out: &Arc<Out>,
     closed: CancellationToken,
     shutdown: CancellationToken,
     peer: &str,
-) where
-    R: AsyncRead + Unpin,
-    H: Handler,
-{
+) {
     let mut conn = ServerConnection::new(config.limits.clone());
     let mut active: HashMap<u16, Active> = HashMap::new();
     let mut buf = BytesMut::with_capacity(config.read_buffer);
+    let mut freed = Vec::new();
+    let mut shutdown_seen = false;
     let idle = config.idle_timeout;
+    let idle_timer = tokio::time::sleep(idle.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(idle_timer);
+    let mut last_read = Instant::now();
     loop {
-        while let Ok(id) = freed_rx.try_recv() {
-            conn.finish(id);
-            active.remove(&id);
-        }
+        release_freed(out, &mut freed, &mut conn, &mut active);
         if buf.capacity() - buf.len() < 8 * 1024 {
             buf.reserve(config.read_buffer);
         }
         let idle_now = active.is_empty() && buf.is_empty();
-        let read = if shutdown.is_cancelled() && idle_now {
+        let read = if shutdown_seen && idle_now {
             // A request may already sit unread in the socket: serve it rather than drop it;
             // otherwise close now.
-            let ready = tokio::select! {
-                biased;
-                r = rd.read_buf(&mut buf) => Some(r),
-                () = std::future::ready(()) => None,
-            };
-            match ready {
-                Some(Ok(n)) if n > 0 => Ok(n),
+            match rd.read_now(&mut buf) {
+                Some(n) if n > 0 => Ok(n),
                 _ => {
                     debug!(peer, "closing idle connection for shutdown");
                     break;
@@ -150,17 +239,28 @@ async fn read_loop<R, H>(
             tokio::select! {
                 biased;
                 () = closed.cancelled() => break,
-                Some(id) = freed_rx.recv() => {
-                    conn.finish(id);
-                    active.remove(&id);
+                () = out.wake_reader.notified() => continue,
+                () = shutdown.cancelled(), if !shutdown_seen => {
+                    // From now on every finished request wakes the reader, which closes the
+                    // connection once nothing is in flight.
+                    shutdown_seen = true;
+                    out.want_freed_wakeups();
                     continue;
                 }
-                () = shutdown.cancelled(), if idle_now => continue,
-                () = sleep_or_never(idle), if active.is_empty() => {
-                    info!(peer, timeout_s = idle.map_or(0, |d| d.as_secs()), "closing connection idle past --idle-timeout");
-                    break;
+                () = &mut idle_timer, if idle.is_some() => {
+                    let idle = idle.unwrap_or_default();
+                    release_freed(out, &mut freed, &mut conn, &mut active);
+                    if active.is_empty() && buf.is_empty() && last_read.elapsed() >= idle {
+                        info!(peer, timeout_s = idle.as_secs(), "closing connection idle past --idle-timeout");
+                        break;
+                    }
+                    // Busy, or read from recently: look again one timeout after the last read
+                    // (or from now, while requests run).
+                    let base = if active.is_empty() { last_read } else { Instant::now() };
+                    idle_timer.as_mut().reset((base + idle).into());
+                    continue;
                 }
-                r = rd.read_buf(&mut buf) => r,
+                r = rd.read(&mut buf) => r,
             }
         };
         match read {
@@ -180,7 +280,11 @@ async fn read_loop<R, H>(
                 }
                 break;
             }
-            Ok(_) => {}
+            Ok(_) => {
+                if idle.is_some() {
+                    last_read = Instant::now();
+                }
+            }
             Err(e) => {
                 debug!(peer, error = %e, "read failed");
                 break;
@@ -192,8 +296,8 @@ async fn read_loop<R, H>(
             &mut active,
             &handler,
             config,
-            &tx,
-            &mut freed_rx,
+            out,
+            &mut freed,
             peer,
         )
         .await
@@ -209,13 +313,23 @@ async fn read_loop<R, H>(
         }
         a.stdin_done.open();
     }
-    closed.cancel();
+    if !closed.is_cancelled() {
+        // Let the writer flush what is queued, then close.
+        out.close_when_flushed();
+    }
 }
 
-async fn sleep_or_never(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
+/// Releases the ids whose ends have been queued.
+fn release_freed(
+    out: &Out,
+    freed: &mut Vec<u16>,
+    conn: &mut ServerConnection,
+    active: &mut HashMap<u16, Active>,
+) {
+    out.take_freed(freed);
+    for id in freed.drain(..) {
+        conn.finish(id);
+        active.remove(&id);
     }
 }
 
@@ -226,19 +340,16 @@ async fn process<H: Handler>(
     active: &mut HashMap<u16, Active>,
     handler: &Arc<H>,
     config: &ConnConfig,
-    tx: &mpsc::Sender<Outgoing>,
-    freed_rx: &mut mpsc::UnboundedReceiver<u16>,
+    out: &Arc<Out>,
+    freed: &mut Vec<u16>,
     peer: &str,
 ) -> Result<(), pyfcgi_proto::ProtoError> {
     loop {
-        while let Ok(id) = freed_rx.try_recv() {
-            conn.finish(id);
-            active.remove(&id);
-        }
+        release_freed(out, freed, conn, active);
         let event = conn.decode(buf)?;
         if conn.has_output() {
-            let out = conn.take_output().freeze();
-            if tx.send(Outgoing::Raw(out)).await.is_err() {
+            let answer = conn.take_output();
+            if out.push_raw(&answer).is_err() {
                 return Ok(());
             }
         }
@@ -271,7 +382,7 @@ async fn process<H: Handler>(
                     abort: a.abort.clone(),
                 };
                 let response =
-                    ResponseWriter::new(id, a.keep_conn, tx.clone(), a.stdin_done.clone());
+                    ResponseWriter::new(id, a.keep_conn, Arc::clone(out), a.stdin_done.clone());
                 let handler = Arc::clone(handler);
                 tokio::spawn(async move { handler.handle(request, response).await });
             }
@@ -294,16 +405,12 @@ async fn process<H: Handler>(
                 if !a.started {
                     // No handler owns this request yet: answer it here.
                     a.started = true;
-                    let close = !a.keep_conn;
-                    if tx
-                        .send(Outgoing::End {
-                            id,
-                            app_status: 0,
-                            close,
-                        })
-                        .await
-                        .is_err()
-                    {
+                    let end = End {
+                        id,
+                        app_status: 0,
+                        close: !a.keep_conn,
+                    };
+                    if out.push(RecordType::Stdout, id, &[], Some(end)).is_err() {
                         return Ok(());
                     }
                 }
@@ -319,67 +426,4 @@ async fn feed_body(active: &mut HashMap<u16, Active>, id: u16, msg: BodyMsg, con
     if let Some(feeder) = a.body.as_mut() {
         feeder.feed(msg, &config.body).await;
     }
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Outgoing>,
-    freed_tx: mpsc::UnboundedSender<u16>,
-    config: &ConnConfig,
-    closed: CancellationToken,
-    peer: &str,
-) {
-    let mut out = BytesMut::with_capacity(16 * 1024);
-    let align = config.align_records;
-    'outer: loop {
-        // `None` once the reader stopped and every request's writer is gone.
-        let Some(mut msg) = rx.recv().await else {
-            break;
-        };
-        let mut close = false;
-        loop {
-            match msg {
-                Outgoing::Stdout(id, data) => {
-                    encode::stream(&mut out, pyfcgi_proto::RecordType::Stdout, id, &data, align);
-                }
-                Outgoing::Stderr(id, data) => {
-                    encode::stream(&mut out, pyfcgi_proto::RecordType::Stderr, id, &data, align);
-                }
-                Outgoing::End {
-                    id,
-                    app_status,
-                    close: c,
-                } => {
-                    let _ = freed_tx.send(id);
-                    encode::end_response(&mut out, id, app_status, ProtocolStatus::RequestComplete);
-                    close |= c;
-                }
-                Outgoing::Raw(bytes) => out.extend_from_slice(&bytes),
-            }
-            if close || out.len() >= config.write_coalesce {
-                break;
-            }
-            match rx.try_recv() {
-                Ok(m) => msg = m,
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = write_out(&mut wr, &mut out).await {
-            debug!(peer, error = %e, "web server went away while a response was being written");
-            break 'outer;
-        }
-        if close {
-            // FCGI_KEEP_CONN was not set: the application closes the connection (spec §5.1).
-            break;
-        }
-    }
-    let _ = wr.shutdown().await;
-    closed.cancel();
-    // Dropping `rx` makes every further write by a handler fail with WriteError::Closed.
-}
-
-async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
-    let data: Bytes = out.split().freeze();
-    wr.write_all(&data).await?;
-    wr.flush().await
 }

@@ -7,11 +7,14 @@
 //! plain threads (the Python workers), which must not be called from inside the runtime.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use bytes::Bytes;
-use pyfcgi_proto::Params;
+use bytes::{Bytes, BytesMut};
+use pyfcgi_proto::{Params, RecordType};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::out::{End, Out};
 
 /// Serves FastCGI requests. One value is shared by every connection.
 pub trait Handler: Send + Sync + 'static {
@@ -135,20 +138,6 @@ impl AbortSignal {
     }
 }
 
-/// What the connection's writer receives from requests and the reader.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    Stdout(u16, Bytes),
-    Stderr(u16, Bytes),
-    End {
-        id: u16,
-        app_status: u32,
-        close: bool,
-    },
-    /// Pre-encoded records (management answers, refusals).
-    Raw(Bytes),
-}
-
 /// The response could not be written: the connection is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -178,78 +167,47 @@ impl StdinGate {
 /// the end. Ending is explicit ([`Self::end`]); dropping an unended writer ends the request
 /// with application status 1, so the web server is never left waiting.
 ///
+/// Writes go to the connection's shared buffer and, when nothing is queued ahead, straight to
+/// the socket from the calling thread (see `out.rs`). A writer waits while the connection has
+/// more than its response buffer pending.
+///
 /// Output is held back (up to 64 KiB, then the writer waits) until the web server has sent the
 /// whole request body: nginx stops sending a request body as soon as the response head
 /// arrives, so a response that starts early would leave both sides waiting. The server keeps
 /// reading (and spooling) the body meanwhile, so waiting here cannot deadlock.
-#[derive(Debug)]
 pub struct ResponseWriter {
     id: u16,
     keep_conn: bool,
-    tx: Option<mpsc::Sender<Outgoing>>,
+    out: Option<Arc<Out>>,
     runtime: tokio::runtime::Handle,
     gate: StdinGate,
-    held: Vec<Bytes>,
-    held_bytes: usize,
+    /// Body bytes not yet handed to the connection: held for the gate, or deferred to go out
+    /// with the next write or the end.
+    held: BytesMut,
+}
+
+impl std::fmt::Debug for ResponseWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseWriter")
+            .field("id", &self.id)
+            .field("keep_conn", &self.keep_conn)
+            .field("ended", &self.out.is_none())
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResponseWriter {
-    pub(crate) fn new(
-        id: u16,
-        keep_conn: bool,
-        tx: mpsc::Sender<Outgoing>,
-        gate: StdinGate,
-    ) -> Self {
+    pub(crate) fn new(id: u16, keep_conn: bool, out: Arc<Out>, gate: StdinGate) -> Self {
+        out.writer_opened();
         Self {
             id,
             keep_conn,
-            tx: Some(tx),
+            out: Some(out),
             runtime: tokio::runtime::Handle::current(),
             gate,
-            held: Vec::new(),
-            held_bytes: 0,
+            held: BytesMut::new(),
         }
-    }
-
-    /// Holds `data` while the gate is shut and there is room; returns it when it must be sent
-    /// now (after [`Self::release`]).
-    fn hold(&mut self, data: Bytes) -> Option<Bytes> {
-        if self.held.is_empty() && self.gate.is_open() {
-            return Some(data);
-        }
-        self.held_bytes += data.len();
-        self.held.push(data);
-        None
-    }
-
-    fn must_release(&self) -> bool {
-        !self.held.is_empty() && (self.gate.is_open() || self.held_bytes > HOLD_LIMIT)
-    }
-
-    async fn release(&mut self) -> Result<(), WriteError> {
-        self.gate.0.cancelled().await;
-        let tx = self.sender()?.clone();
-        for data in std::mem::take(&mut self.held) {
-            tx.send(Outgoing::Stdout(self.id, data))
-                .await
-                .map_err(|_| WriteError::Closed)?;
-        }
-        self.held_bytes = 0;
-        Ok(())
-    }
-
-    fn blocking_release(&mut self) -> Result<(), WriteError> {
-        if !self.gate.is_open() {
-            let gate = self.gate.0.clone();
-            self.runtime.block_on(gate.cancelled());
-        }
-        let tx = self.sender()?.clone();
-        for data in std::mem::take(&mut self.held) {
-            tx.blocking_send(Outgoing::Stdout(self.id, data))
-                .map_err(|_| WriteError::Closed)?;
-        }
-        self.held_bytes = 0;
-        Ok(())
     }
 
     /// The request id this writer answers.
@@ -257,85 +215,113 @@ impl ResponseWriter {
         self.id
     }
 
-    fn sender(&self) -> Result<&mpsc::Sender<Outgoing>, WriteError> {
-        self.tx.as_ref().ok_or(WriteError::Closed)
+    fn out(&self) -> Result<&Arc<Out>, WriteError> {
+        self.out.as_ref().ok_or(WriteError::Closed)
     }
 
-    /// Sends response bytes; waits while the connection's send queue is full. Empty data is a
+    fn end_marker(&self, app_status: u32) -> End {
+        End {
+            id: self.id,
+            app_status,
+            close: !self.keep_conn,
+        }
+    }
+
+    /// Keeps `data` back while the gate is shut and there is room. False: it must be sent
+    /// now, after waiting for the gate.
+    fn hold(&mut self, data: &[u8]) -> bool {
+        if self.gate.is_open() {
+            return false;
+        }
+        if self.held.len() + data.len() > HOLD_LIMIT {
+            return false;
+        }
+        self.held.extend_from_slice(data);
+        true
+    }
+
+    /// Hands `data` (after anything held) to the connection, with `end` if given.
+    fn push(&mut self, data: &[u8], end: Option<End>) -> Result<(), WriteError> {
+        let out = self.out.as_ref().ok_or(WriteError::Closed)?;
+        if self.held.is_empty() {
+            return out.push(RecordType::Stdout, self.id, data, end);
+        }
+        self.held.extend_from_slice(data);
+        let r = out.push(RecordType::Stdout, self.id, &self.held, end);
+        self.held.clear();
+        r
+    }
+
+    /// Sends response bytes; waits while the connection's buffer is full. Empty data is a
     /// no-op (an empty `FCGI_STDOUT` would end the stream).
     pub async fn write(&mut self, data: Bytes) -> Result<(), WriteError> {
-        if data.is_empty() {
+        if data.is_empty() || self.hold(&data) {
             return Ok(());
         }
-        if let Some(data) = self.hold(data) {
-            return self
-                .sender()?
-                .send(Outgoing::Stdout(self.id, data))
-                .await
-                .map_err(|_| WriteError::Closed);
-        }
-        if self.must_release() {
-            self.release().await?;
-        }
-        Ok(())
+        self.gate.0.cancelled().await;
+        self.out()?.room().await;
+        self.push(&data, None)
     }
 
     /// [`Self::write`] for a thread outside the runtime.
+    // Takes `Bytes` like its async twin, so callers switch between them freely.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn blocking_write(&mut self, data: Bytes) -> Result<(), WriteError> {
-        if data.is_empty() {
+        if data.is_empty() || self.hold(&data) {
             return Ok(());
         }
-        if let Some(data) = self.hold(data) {
-            return self
-                .sender()?
-                .blocking_send(Outgoing::Stdout(self.id, data))
-                .map_err(|_| WriteError::Closed);
-        }
-        if self.must_release() {
-            self.blocking_release()?;
+        self.blocking_wait(true)?;
+        self.push(&data, None)
+    }
+
+    /// Waits for the gate and, if `room`, for space in the connection's buffer.
+    fn blocking_wait(&self, room: bool) -> Result<(), WriteError> {
+        let out = self.out()?;
+        let must_wait = !self.gate.is_open() || (room && out.is_full());
+        if must_wait {
+            let gate = self.gate.0.clone();
+            let out = Arc::clone(out);
+            self.runtime.block_on(async move {
+                gate.cancelled().await;
+                if room {
+                    out.room().await;
+                }
+            });
         }
         Ok(())
     }
 
     /// Sends response bytes if that needs no waiting; otherwise hands `data` back
     /// (`Ok(Some(data))`) for [`Self::blocking_write`]. Lets a Python worker skip releasing
-    /// the GIL in the common case where the queue has room.
+    /// the GIL in the common case where the buffer has room.
     pub fn try_write(&mut self, data: Bytes) -> Result<Option<Bytes>, WriteError> {
-        if data.is_empty() {
+        if data.is_empty() || self.hold(&data) {
             return Ok(None);
         }
-        if !self.held.is_empty() || !self.gate.is_open() {
-            if self.held_bytes + data.len() > HOLD_LIMIT {
-                return Ok(Some(data));
-            }
-            self.held_bytes += data.len();
-            self.held.push(data);
-            return Ok(None);
+        if !self.gate.is_open() || self.out()?.is_full() {
+            return Ok(Some(data));
         }
-        match self.sender()?.try_send(Outgoing::Stdout(self.id, data)) {
-            Ok(()) => Ok(None),
-            Err(mpsc::error::TrySendError::Full(Outgoing::Stdout(_, data))) => Ok(Some(data)),
-            Err(_) => Err(WriteError::Closed),
+        self.push(&data, None).map(|()| None)
+    }
+
+    /// Keeps `data` to send with the next write or the end, when it is small; false when it
+    /// must be written now. For a body known to be complete (a WSGI list), so the head, the
+    /// body and the end leave in one write.
+    pub fn defer(&mut self, data: &[u8]) -> bool {
+        if self.held.len() + data.len() > HOLD_LIMIT {
+            return false;
         }
+        self.held.extend_from_slice(data);
+        true
     }
 
     /// Ends the response if that needs no waiting; otherwise gives the writer back
     /// (`Err(self)`) for [`Self::blocking_end`].
     pub fn try_end(mut self, app_status: u32) -> Result<Result<(), WriteError>, Self> {
-        if !self.held.is_empty() || !self.gate.is_open() {
+        if !self.gate.is_open() {
             return Err(self);
         }
-        let Some(tx) = self.tx.take() else {
-            return Ok(Err(WriteError::Closed));
-        };
-        match tx.try_send(self.end_msg(app_status)) {
-            Ok(()) => Ok(Ok(())),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.tx = Some(tx);
-                Err(self)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Ok(Err(WriteError::Closed)),
-        }
+        Ok(self.finish(app_status))
     }
 
     /// Sends `FCGI_STDERR` bytes. Under IIS any STDERR output turns the response into a 500
@@ -344,73 +330,61 @@ impl ResponseWriter {
         if data.is_empty() {
             return Ok(());
         }
-        self.sender()?
-            .send(Outgoing::Stderr(self.id, data))
-            .await
-            .map_err(|_| WriteError::Closed)
+        let out = self.out()?;
+        out.room().await;
+        out.push(RecordType::Stderr, self.id, &data, None)
     }
 
     /// [`Self::write_stderr`] for a thread outside the runtime.
+    // Takes `Bytes` like its async twin, so callers switch between them freely.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn blocking_write_stderr(&mut self, data: Bytes) -> Result<(), WriteError> {
         if data.is_empty() {
             return Ok(());
         }
-        self.sender()?
-            .blocking_send(Outgoing::Stderr(self.id, data))
-            .map_err(|_| WriteError::Closed)
-    }
-
-    fn end_msg(&self, app_status: u32) -> Outgoing {
-        Outgoing::End {
-            id: self.id,
-            app_status,
-            close: !self.keep_conn,
-        }
+        self.blocking_wait(true)?;
+        self.out()?.push(RecordType::Stderr, self.id, &data, None)
     }
 
     /// Ends the response (empty `FCGI_STDOUT` + `FCGI_END_REQUEST` with `app_status`).
     pub async fn end(mut self, app_status: u32) -> Result<(), WriteError> {
-        self.release().await?;
-        let tx = self.tx.take().ok_or(WriteError::Closed)?;
-        tx.send(self.end_msg(app_status))
-            .await
-            .map_err(|_| WriteError::Closed)
+        self.gate.0.cancelled().await;
+        self.finish(app_status)
     }
 
     /// [`Self::end`] for a thread outside the runtime.
     pub fn blocking_end(mut self, app_status: u32) -> Result<(), WriteError> {
-        self.blocking_release()?;
-        let tx = self.tx.take().ok_or(WriteError::Closed)?;
-        tx.blocking_send(self.end_msg(app_status))
-            .map_err(|_| WriteError::Closed)
+        self.blocking_wait(false)?;
+        self.finish(app_status)
+    }
+
+    /// Sends what is held and the end, and lets go of the connection.
+    fn finish(&mut self, app_status: u32) -> Result<(), WriteError> {
+        let end = self.end_marker(app_status);
+        let r = self.push(&[], Some(end));
+        if let Some(out) = self.out.take() {
+            out.writer_finished();
+        }
+        r
     }
 }
 
 impl Drop for ResponseWriter {
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let msg = self.end_msg(1);
-            let held = std::mem::take(&mut self.held);
-            if held.is_empty() {
-                // Prefer not to wait: a free slot is the common case.
-                if let Err(mpsc::error::TrySendError::Full(msg)) = tx.try_send(msg) {
-                    self.runtime.spawn(async move {
-                        let _ = tx.send(msg).await;
-                    });
-                }
-                return;
-            }
-            // Drop may run on a Python worker thread, outside the runtime: hand it the rest.
-            let (id, gate) = (self.id, self.gate.0.clone());
-            self.runtime.spawn(async move {
-                gate.cancelled().await;
-                for data in held {
-                    if tx.send(Outgoing::Stdout(id, data)).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = tx.send(msg).await;
-            });
+        let Some(out) = self.out.take() else { return };
+        let end = self.end_marker(1);
+        if self.held.is_empty() || self.gate.is_open() {
+            let _ = out.push(RecordType::Stdout, self.id, &self.held, Some(end));
+            out.writer_finished();
+            return;
         }
+        // Drop may run on a Python worker thread, outside the runtime: the held bytes go out
+        // once the body is in.
+        let (id, gate, held) = (self.id, self.gate.0.clone(), std::mem::take(&mut self.held));
+        self.runtime.spawn(async move {
+            gate.cancelled().await;
+            let _ = out.push(RecordType::Stdout, id, &held, Some(end));
+            out.writer_finished();
+        });
     }
 }

@@ -19,6 +19,7 @@ pub mod builtin;
 pub mod conn;
 mod error;
 pub mod handler;
+mod out;
 pub mod process;
 pub mod serve;
 pub mod transport;
@@ -27,5 +28,6 @@ pub use error::ServerError;
 pub use handler::{
     AbortSignal, BodyError, BodyReceiver, Handler, Request, ResponseWriter, WriteError,
 };
+pub use out::DirectStream;
 pub use serve::{ServerConfig, serve};
 pub use transport::{Bind, Listener};

@@ -9,7 +9,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::ServerError;
-use crate::conn::{ConnConfig, serve_connection};
+use crate::conn::ConnConfig;
+use crate::conn::serve_connection;
+#[cfg(windows)]
+use crate::conn::serve_stream;
 use crate::handler::Handler;
 use crate::transport::{Accepted, Listener};
 
@@ -105,7 +108,7 @@ pub async fn serve<H: Handler>(
                 #[cfg(unix)]
                 Accepted::Unix(s, peer) => serve_connection(s, handler, cfg, stop, &peer).await,
                 #[cfg(windows)]
-                Accepted::Pipe(p) => serve_connection(p, handler, cfg, stop, "pipe").await,
+                Accepted::Pipe(p) => serve_stream(p, handler, cfg, stop, "pipe").await,
             }
             drop(permit);
         });

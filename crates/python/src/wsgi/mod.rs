@@ -152,7 +152,7 @@ fn send_result(py: Python<'_>, result: &Bound<'_, PyAny>, start: &StartResponse)
     {
         return Ok(sent);
     }
-    let item_bytes = |item: &Bound<'_, PyAny>| -> PyResult<()> {
+    let item_bytes = |item: &Bound<'_, PyAny>, last: bool| -> PyResult<()> {
         let b = item.cast::<PyBytes>().map_err(|_| {
             PyTypeError::new_err(format!(
                 "the application's iterable yielded {}, not bytes",
@@ -162,19 +162,27 @@ fn send_result(py: Python<'_>, result: &Bound<'_, PyAny>, start: &StartResponse)
                     .unwrap_or_default()
             ))
         })?;
-        start.send_body(py, b.as_bytes())
+        if last {
+            start.send_last_body(py, b.as_bytes())
+        } else {
+            start.send_body(py, b.as_bytes())
+        }
     };
+    // A list or tuple is complete already: its last chunk may wait for the end, so a small
+    // response leaves in one write. An iterator's chunks go out as they come (PEP 3333).
     if let Ok(list) = result.cast::<PyList>() {
-        for item in list.iter() {
-            item_bytes(&item)?;
+        let n = list.len();
+        for (i, item) in list.iter().enumerate() {
+            item_bytes(&item, i + 1 == n)?;
         }
     } else if let Ok(tuple) = result.cast::<PyTuple>() {
-        for item in tuple.iter() {
-            item_bytes(&item)?;
+        let n = tuple.len();
+        for (i, item) in tuple.iter().enumerate() {
+            item_bytes(&item, i + 1 == n)?;
         }
     } else {
         for item in result.try_iter()? {
-            item_bytes(&item?)?;
+            item_bytes(&item?, false)?;
         }
     }
     Ok(())

@@ -91,15 +91,24 @@ impl StartResponse {
             }
             return Ok(());
         }
-        self.send(py, data, false)
+        self.send(py, data, false, false)
+    }
+
+    /// [`Self::send_body`] for the last chunk of a body known to be complete (a list): kept
+    /// back when small, to leave with the end in one write.
+    pub(crate) fn send_last_body(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        if data.is_empty() {
+            return self.send_body(py, data);
+        }
+        self.send(py, data, false, true)
     }
 
     /// Sends the head if it has not gone out yet (an empty body).
     pub(crate) fn send_head_if_unsent(&self, py: Python<'_>) -> PyResult<()> {
-        self.send(py, &[], true)
+        self.send(py, &[], true, false)
     }
 
-    fn send(&self, py: Python<'_>, data: &[u8], head_only: bool) -> PyResult<()> {
+    fn send(&self, py: Python<'_>, data: &[u8], head_only: bool, last: bool) -> PyResult<()> {
         let (out, mut writer) = {
             let mut st = self.lock();
             if st.closed || st.abort.is_aborted() {
@@ -144,7 +153,11 @@ impl StartResponse {
             };
             (out.freeze(), writer)
         };
-        // Queue without releasing the GIL when there is room (the common case); wait for
+        if last && writer.defer(&out) {
+            self.lock().writer = Some(writer);
+            return Ok(());
+        }
+        // Send without releasing the GIL when there is room (the common case); wait for
         // room with the GIL released otherwise.
         let result = match writer.try_write(out) {
             Ok(None) => Ok(writer),
