@@ -25,13 +25,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use pyfcgi_server::{Handler, Request, ResponseWriter};
-use tokio::sync::mpsc;
 
 pub use error::{PythonError, format_exception};
 pub use pool::{AppState, DeferredLoader, WorkerPool};
 pub use wsgi::WsgiConfig;
 
-use pool::Job;
+use pool::{Job, JobQueue};
 
 /// Called once with the application folder when a request first names it.
 pub type OnRoot = Box<dyn Fn(&Path) + Send + Sync>;
@@ -48,7 +47,7 @@ pub struct AppBinding {
 
 /// Serves requests with a WSGI application on a [`WorkerPool`].
 pub struct PythonHandler {
-    jobs: mpsc::Sender<Job>,
+    jobs: Arc<JobQueue>,
     max_body_size: u64,
     root: OnceLock<PathBuf>,
     on_root: Option<OnRoot>,
@@ -62,16 +61,16 @@ impl PythonHandler {
         cfg: WsgiConfig,
         binding: AppBinding,
     ) -> std::io::Result<(Self, WorkerPool)> {
-        let (tx, rx) = mpsc::channel(threads.max(1) * 2);
+        let jobs = Arc::new(JobQueue::default());
         let max_body_size = cfg.max_body_size;
-        let pool = WorkerPool::start(threads, rx, &Arc::new(Mutex::new(app)), &Arc::new(cfg))?;
+        let pool = WorkerPool::start(threads, &jobs, &Arc::new(Mutex::new(app)), &Arc::new(cfg))?;
         let root = OnceLock::new();
         if let Some(r) = binding.root {
             let _ = root.set(r);
         }
         Ok((
             Self {
-                jobs: tx,
+                jobs,
                 max_body_size,
                 root,
                 on_root: binding.on_root,
@@ -160,8 +159,36 @@ impl Handler for PythonHandler {
             }
             return;
         }
-        if self.jobs.send(Job { request, response }).await.is_err() {
+        if self.jobs.push(Job { request, response }).is_err() {
             tracing::error!("the Python worker pool has stopped; request dropped");
         }
+    }
+
+    fn try_handle_now(
+        &self,
+        request: Request,
+        response: ResponseWriter,
+    ) -> Result<(), (Request, ResponseWriter)> {
+        // Refusals write their page from a task; everything else is queued right here.
+        if let Some(page) = self.refusal(&request) {
+            drop(request);
+            let mut response = response;
+            tokio::spawn(async move {
+                if response.write(page).await.is_ok() {
+                    let _ = response.end(0).await;
+                }
+            });
+            return Ok(());
+        }
+        match self.jobs.push(Job { request, response }) {
+            Ok(()) => Ok(()),
+            Err(job) => Err((job.request, job.response)),
+        }
+    }
+}
+
+impl Drop for PythonHandler {
+    fn drop(&mut self) {
+        self.jobs.close();
     }
 }

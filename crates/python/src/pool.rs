@@ -1,14 +1,14 @@
 //! The worker pool: N Python threads, each attached to the interpreter once for its whole
-//! life, waiting for the next request with the GIL released. The I/O threads only hand
-//! requests over through a bounded channel and never touch Python.
+//! life, waiting for the next request with the GIL released. The I/O threads only put
+//! requests on the [`JobQueue`] and never touch Python.
 
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 
 use pyfcgi_proto::Params;
 use pyfcgi_server::{Request, ResponseWriter};
 use pyo3::prelude::*;
-use tokio::sync::mpsc;
 use tracing::{debug, error};
 
 use crate::wsgi::{self, WsgiConfig, response::error_page};
@@ -17,6 +17,71 @@ use crate::wsgi::{self, WsgiConfig, response::error_page};
 pub(crate) struct Job {
     pub(crate) request: Request,
     pub(crate) response: ResponseWriter,
+}
+
+/// Requests waiting for a worker. Adding one never waits (the connection limit bounds the
+/// queue) and wakes a worker only when one is asleep, so a busy worker takes request after
+/// request without a wake-up or a context switch in between.
+#[derive(Default)]
+pub(crate) struct JobQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    sleeping: usize,
+    closed: bool,
+}
+
+impl JobQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a job; hands it back when the pool has stopped.
+    #[allow(clippy::result_large_err)] // moved straight back to the caller, never stored
+    pub(crate) fn push(&self, job: Job) -> Result<(), Job> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(job);
+        }
+        st.jobs.push_back(job);
+        let wake = st.sleeping > 0;
+        drop(st);
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The next job if one is queued.
+    fn try_pop(&self) -> Option<Job> {
+        self.lock().jobs.pop_front()
+    }
+
+    /// The next job, waiting for one; `None` once closed and empty.
+    fn pop(&self) -> Option<Job> {
+        let mut st = self.lock();
+        loop {
+            if let Some(job) = st.jobs.pop_front() {
+                return Some(job);
+            }
+            if st.closed {
+                return None;
+            }
+            st.sleeping += 1;
+            st = self.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st.sleeping -= 1;
+        }
+    }
+
+    /// No more jobs: workers finish what is queued, then exit.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
 }
 
 /// Loads the application on the first request, from what that request says (under IIS the
@@ -43,17 +108,16 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Starts `n` workers reading from `rx`.
+    /// Starts `n` workers taking jobs from `rx`.
     pub(crate) fn start(
         n: usize,
-        rx: mpsc::Receiver<Job>,
+        rx: &Arc<JobQueue>,
         app: &Arc<Mutex<AppState>>,
         cfg: &Arc<WsgiConfig>,
     ) -> std::io::Result<Self> {
-        let rx = Arc::new(Mutex::new(rx));
         let mut threads = Vec::with_capacity(n);
         for i in 0..n.max(1) {
-            let (rx, app, cfg) = (Arc::clone(&rx), Arc::clone(app), Arc::clone(cfg));
+            let (rx, app, cfg) = (Arc::clone(rx), Arc::clone(app), Arc::clone(cfg));
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("pyfcgi-py-{i}"))
@@ -64,7 +128,7 @@ impl WorkerPool {
     }
 
     /// Waits for every worker to finish its current request and exit (call after the server
-    /// stopped, so the job channel is closed).
+    /// stopped, so the job queue is closed).
     pub fn join(self) {
         for t in self.threads {
             if t.join().is_err() {
@@ -104,15 +168,12 @@ fn resolve(py: Python<'_>, slot: &Mutex<AppState>, params: &Params) -> Resolved 
     }
 }
 
-fn worker(rx: &Mutex<mpsc::Receiver<Job>>, app: &Mutex<AppState>, cfg: &WsgiConfig) {
+fn worker(rx: &JobQueue, app: &Mutex<AppState>, cfg: &WsgiConfig) {
     Python::attach(|py| {
         loop {
             // Wait without the GIL so other workers (and Python threads) run meanwhile.
-            let job = py.detach(|| {
-                rx.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .blocking_recv()
-            });
+            // A queued job is taken with the GIL kept; waiting happens without it.
+            let job = rx.try_pop().or_else(|| py.detach(|| rx.pop()));
             let Some(Job { request, response }) = job else {
                 break;
             };

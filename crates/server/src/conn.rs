@@ -383,8 +383,10 @@ async fn process<H: Handler>(
                 };
                 let response =
                     ResponseWriter::new(id, a.keep_conn, Arc::clone(out), a.stdin_done.clone());
-                let handler = Arc::clone(handler);
-                tokio::spawn(async move { handler.handle(request, response).await });
+                if let Err((request, response)) = handler.try_handle_now(request, response) {
+                    let handler = Arc::clone(handler);
+                    tokio::spawn(async move { handler.handle(request, response).await });
+                }
             }
             Event::Stdin { id, data } => feed_body(active, id, BodyMsg::Data(data), config).await,
             Event::StdinEnd { id } => {

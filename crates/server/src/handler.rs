@@ -21,6 +21,18 @@ pub trait Handler: Send + Sync + 'static {
     /// Handles one request. The response ends when `response` is ended or dropped.
     fn handle(&self, request: Request, response: ResponseWriter)
     -> impl Future<Output = ()> + Send;
+
+    /// Takes the request on the I/O thread without starting a task, when that needs no
+    /// waiting (a handler that queues work for its own threads). `Err` hands the request
+    /// back; it then runs [`Self::handle`] in a task. Called on the runtime.
+    #[allow(clippy::result_large_err)] // moved straight back to the caller, never stored
+    fn try_handle_now(
+        &self,
+        request: Request,
+        response: ResponseWriter,
+    ) -> Result<(), (Request, ResponseWriter)> {
+        Err((request, response))
+    }
 }
 
 /// One Responder request, passed to the handler once its params are complete.
