@@ -61,7 +61,7 @@ impl PythonHandler {
         cfg: WsgiConfig,
         binding: AppBinding,
     ) -> std::io::Result<(Self, WorkerPool)> {
-        let jobs = Arc::new(JobQueue::default());
+        let jobs = Arc::new(JobQueue::new(threads));
         let max_body_size = cfg.max_body_size;
         let pool = WorkerPool::start(threads, &jobs, &Arc::new(Mutex::new(app)), &Arc::new(cfg))?;
         let root = OnceLock::new();

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, TryLockError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use pyfcgi_proto::Params;
 use pyfcgi_server::{Request, ResponseWriter};
@@ -19,36 +20,78 @@ pub(crate) struct Job {
     pub(crate) response: ResponseWriter,
 }
 
+/// A busy worker is presumed blocked (off the GIL: a database call, a sleep, a slow body)
+/// once its request has run this long; only then does a second worker join in.
+const JOIN_AFTER: Duration = Duration::from_millis(2);
+
 /// Requests waiting for a worker. Adding one never waits (the connection limit bounds the
-/// queue) and wakes a worker only when one is asleep, so a busy worker takes request after
-/// request without a wake-up or a context switch in between.
-#[derive(Default)]
-pub(crate) struct JobQueue {
-    state: Mutex<QueueState>,
+/// queue).
+///
+/// Python runs one thread at a time, so waking a second worker while one is running a quick
+/// request only makes them fight over the GIL: a busy worker takes request after request
+/// itself, without a wake-up in between. A sleeping worker is woken at once only when none
+/// is busy; otherwise one sleeper stands by and joins in when every busy worker has been on
+/// its request for [`JOIN_AFTER`] (it is probably waiting on I/O with the GIL released).
+pub(crate) struct JobQueue<T = Job> {
+    state: Mutex<QueueState<T>>,
     ready: Condvar,
 }
 
-#[derive(Default)]
-struct QueueState {
-    jobs: VecDeque<Job>,
+struct QueueState<T> {
+    jobs: VecDeque<T>,
+    /// When each worker started its current request (`None`: not running one).
+    started: Vec<Option<Instant>>,
     sleeping: usize,
+    /// A sleeper is watching the busy workers on a timer.
+    standby: bool,
+    /// A sleeper was woken to become the standby.
+    standby_called: bool,
     closed: bool,
 }
 
-impl JobQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+impl<T> QueueState<T> {
+    fn busy(&self) -> usize {
+        self.started.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// When the standby may join: every busy worker past [`JOIN_AFTER`] (`None`: now).
+    fn join_at(&self) -> Option<Instant> {
+        self.started.iter().flatten().max().map(|t| *t + JOIN_AFTER)
+    }
+}
+
+impl<T> JobQueue<T> {
+    pub(crate) fn new(workers: usize) -> Self {
+        Self {
+            state: Mutex::new(QueueState {
+                jobs: VecDeque::new(),
+                started: vec![None; workers.max(1)],
+                sleeping: 0,
+                standby: false,
+                standby_called: false,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<T>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues a job; hands it back when the pool has stopped.
     #[allow(clippy::result_large_err)] // moved straight back to the caller, never stored
-    pub(crate) fn push(&self, job: Job) -> Result<(), Job> {
+    pub(crate) fn push(&self, job: T) -> Result<(), T> {
         let mut st = self.lock();
         if st.closed {
             return Err(job);
         }
         st.jobs.push_back(job);
-        let wake = st.sleeping > 0;
+        // Wake a sleeper when nobody is running, or to become the standby.
+        let wake = st.sleeping > 0 && (st.busy() == 0 || !(st.standby || st.standby_called));
+        if wake && st.busy() > 0 {
+            st.standby_called = true;
+        }
         drop(st);
         if wake {
             self.ready.notify_one();
@@ -56,24 +99,65 @@ impl JobQueue {
         Ok(())
     }
 
-    /// The next job if one is queued.
-    fn try_pop(&self) -> Option<Job> {
-        self.lock().jobs.pop_front()
+    /// Worker `me` finished its request: the next job if one is queued.
+    fn try_next(&self, me: usize) -> Option<T> {
+        let mut st = self.lock();
+        let job = st.jobs.pop_front();
+        st.started[me] = job.as_ref().map(|_| Instant::now());
+        job
     }
 
-    /// The next job, waiting for one; `None` once closed and empty.
-    fn pop(&self) -> Option<Job> {
+    /// The next job for worker `me`, waiting for one; `None` once closed and empty.
+    fn next(&self, me: usize) -> Option<T> {
         let mut st = self.lock();
+        st.started[me] = None;
+        let mut standing_by = false;
         loop {
-            if let Some(job) = st.jobs.pop_front() {
-                return Some(job);
-            }
-            if st.closed {
-                return None;
+            if st.jobs.is_empty() {
+                if st.closed {
+                    return None;
+                }
+                if standing_by {
+                    // Nothing waits any more: stop watching.
+                    st.standby = false;
+                    standing_by = false;
+                }
+            } else {
+                let may_take = st.join_at().is_none_or(|at| Instant::now() >= at);
+                if may_take {
+                    if standing_by {
+                        st.standby = false;
+                    }
+                    st.started[me] = Some(Instant::now());
+                    let job = st.jobs.pop_front();
+                    // Someone must watch what is still queued.
+                    let call = !st.jobs.is_empty()
+                        && st.sleeping > 0
+                        && !(st.standby || st.standby_called);
+                    if call {
+                        st.standby_called = true;
+                        self.ready.notify_one();
+                    }
+                    return job;
+                }
+                if !standing_by && !st.standby {
+                    st.standby = true;
+                    standing_by = true;
+                }
             }
             st.sleeping += 1;
-            st = self.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st = match st.join_at().filter(|_| standing_by) {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    self.ready
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self.ready.wait(st).unwrap_or_else(PoisonError::into_inner),
+            };
             st.sleeping -= 1;
+            st.standby_called = false;
         }
     }
 
@@ -111,7 +195,7 @@ impl WorkerPool {
     /// Starts `n` workers taking jobs from `rx`.
     pub(crate) fn start(
         n: usize,
-        rx: &Arc<JobQueue>,
+        rx: &Arc<JobQueue<Job>>,
         app: &Arc<Mutex<AppState>>,
         cfg: &Arc<WsgiConfig>,
     ) -> std::io::Result<Self> {
@@ -121,7 +205,7 @@ impl WorkerPool {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("pyfcgi-py-{i}"))
-                    .spawn(move || worker(&rx, &app, &cfg))?,
+                    .spawn(move || worker(i, &rx, &app, &cfg))?,
             );
         }
         Ok(Self { threads })
@@ -168,12 +252,12 @@ fn resolve(py: Python<'_>, slot: &Mutex<AppState>, params: &Params) -> Resolved 
     }
 }
 
-fn worker(rx: &JobQueue, app: &Mutex<AppState>, cfg: &WsgiConfig) {
+fn worker(me: usize, rx: &JobQueue<Job>, app: &Mutex<AppState>, cfg: &WsgiConfig) {
     Python::attach(|py| {
         loop {
             // Wait without the GIL so other workers (and Python threads) run meanwhile.
             // A queued job is taken with the GIL kept; waiting happens without it.
-            let job = rx.try_pop().or_else(|| py.detach(|| rx.pop()));
+            let job = rx.try_next(me).or_else(|| py.detach(|| rx.next(me)));
             let Some(Job { request, response }) = job else {
                 break;
             };
@@ -209,4 +293,53 @@ fn worker(rx: &JobQueue, app: &Mutex<AppState>, cfg: &WsgiConfig) {
         }
     });
     debug!("Python worker exiting");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_worker_takes_queued_jobs_and_sleepers_join_only_when_it_is_stuck() {
+        let q = Arc::new(JobQueue::<u32>::new(2));
+        // Worker 0 takes job 1 and is "busy" with it.
+        q.push(1).unwrap();
+        assert_eq!(q.try_next(0), Some(1));
+        let sleeper = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let job = q.next(1);
+                (job, t.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        // Worker 0 has been on job 1 for 20 ms (> JOIN_AFTER): the standby takes job 2.
+        q.push(2).unwrap();
+        let (job, waited) = sleeper.join().unwrap();
+        assert_eq!(job, Some(2));
+        assert!(waited >= Duration::from_millis(20), "{waited:?}");
+        // A worker that keeps finishing quickly takes the next job itself.
+        q.push(3).unwrap();
+        assert_eq!(q.try_next(0), Some(3));
+        q.close();
+        assert_eq!(q.next(0), None);
+    }
+
+    #[test]
+    fn a_second_job_waits_for_the_standby_timer_while_the_first_runs() {
+        let q = Arc::new(JobQueue::<u32>::new(2));
+        q.push(1).unwrap();
+        assert_eq!(q.try_next(0), Some(1));
+        let sleeper = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || q.next(1))
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        let pushed = Instant::now();
+        q.push(2).unwrap();
+        // Worker 0 stays on job 1 (blocked): the standby joins within about JOIN_AFTER.
+        assert_eq!(sleeper.join().unwrap(), Some(2));
+        assert!(pushed.elapsed() < Duration::from_secs(1));
+    }
 }
