@@ -172,3 +172,59 @@ fn bench_spawn_with_no_keep_conn_is_a_usage_error() {
     assert_code(&out, 1);
     assert!(out.stderr.contains("--no-keep-conn"), "{}", out.stderr);
 }
+
+#[test]
+fn bench_streams_multiplexes_requests_and_checks_every_lane() {
+    let server = Server::tcp(&["--builtin", "echo"]);
+    let out = bench(&[
+        "--connect",
+        &server.addr,
+        "-c",
+        "2",
+        "--streams",
+        "8",
+        "-n",
+        "3000",
+        "--data-binary",
+        "multiplexed body",
+        "--expect-body",
+        "multiplexed body",
+        "--json",
+    ]);
+    assert_code(&out, 0);
+    let json = out.stdout_str();
+    assert_eq!(json_u64(&json, "ok"), 3000, "{json}");
+    assert_eq!(json_u64(&json, "error_total"), 0, "{json}");
+    assert_eq!(json_u64(&json, "streams"), 8, "{json}");
+}
+
+#[test]
+fn bench_streams_against_a_server_that_does_not_multiplex_reports_refusals() {
+    let server = Server::tcp(&["--builtin", "hello", "--no-multiplex"]);
+    let out = bench(&[
+        "--connect",
+        &server.addr,
+        "-c",
+        "1",
+        "--streams",
+        "4",
+        "-n",
+        "200",
+    ]);
+    assert_code(&out, 2);
+    let table = out.stdout_str();
+    assert!(table.contains("4 streams each"), "{table}");
+    assert!(!table.contains("protocol 0,"), "{table}");
+    assert!(
+        out.stderr.contains("CantMpxConn") || out.stderr.contains("refused"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn bench_streams_needs_a_kept_connection() {
+    let out = bench(&["--spawn", "--streams", "2", "--", "true"]);
+    assert_code(&out, 1);
+    assert!(out.stderr.contains("--streams"), "{}", out.stderr);
+}

@@ -3,8 +3,9 @@
 //! histogram and errors by kind.
 //!
 //! Each of the `-c` connections is one task running requests back to back on one
-//! [`Connection`] (one request in flight per connection, as IIS and nginx send them: the
-//! connection type does not multiplex). With `--rate` the load is open-loop: request `k` is due
+//! [`Connection`] (one request in flight per connection, as IIS and nginx send them). With
+//! `--streams S` each connection carries S requests at once instead, with ids 1..=S (FastCGI
+//! multiplexing; see `bench_mux`). With `--rate` the load is open-loop: request `k` is due
 //! at `start + k / rate`, and its latency is measured from that due time, so a stalled
 //! responder is charged for the requests it delayed (no coordinated omission).
 //!
@@ -34,7 +35,7 @@ pub const EXIT_REQUEST_ERRORS: i32 = 2;
 
 /// The first response of a run and every `SAMPLE_EVERY`th after it are checked against
 /// `--expect-status` and `--expect-body`; checking all would measure our parser.
-const SAMPLE_EVERY: u64 = 100;
+pub(crate) const SAMPLE_EVERY: u64 = 100;
 
 /// How long a spawned responder gets to exit once its connection is closed.
 const CHILD_GRACE: Duration = Duration::from_secs(5);
@@ -44,7 +45,7 @@ const MAX_LATENCY_NS: u64 = 100_000_000_000;
 
 /// After a failed connect, wait this long before the next attempt so a dead responder does
 /// not turn the run into a busy loop of connect calls.
-const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
+pub(crate) const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
 
 /// How often the progress line is redrawn.
 const PROGRESS_TICK: Duration = Duration::from_millis(250);
@@ -98,6 +99,11 @@ pub struct BenchArgs {
     /// Do not set FCGI_KEEP_CONN: open a new connection for every request (--connect only).
     #[arg(long)]
     pub no_keep_conn: bool,
+
+    /// Requests in flight at once on each connection, with ids 1..=S (FastCGI multiplexing;
+    /// the responder must accept it: pyfcgi does, most others answer CANT_MPX_CONN).
+    #[arg(long, value_name = "S", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub streams: u16,
 
     /// Seconds to wait for a connection or a response before counting a timeout (0: no limit).
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
@@ -254,6 +260,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, ClientError> {
         limit: plan.limit,
         pool: None,
         progress: std::io::stderr().is_terminal(),
+        streams: args.streams,
     };
 
     // Connect (or start the processes) before the clock starts.
@@ -289,6 +296,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, ClientError> {
         connections: plan.loops,
         processes: plan.pooled.then_some(plan.slot_count),
         keep_conn: !args.no_keep_conn,
+        streams: args.streams,
         elapsed,
         stats,
     })
@@ -326,6 +334,13 @@ impl Plan {
                 "a command after `--` ({}) is only used with --spawn or --spawn-pool",
                 args.command.join(" ")
             ));
+        }
+        if args.streams > 1 && (spawning || args.no_keep_conn) {
+            return usage(
+                "--streams multiplexes requests on kept connections, so it needs --connect and \
+                 cannot be combined with --no-keep-conn"
+                    .to_owned(),
+            );
         }
         if spawning && args.no_keep_conn {
             return usage(
@@ -384,7 +399,7 @@ enum Stop {
 }
 
 /// Where connections come from.
-enum Source {
+pub(crate) enum Source {
     Connect(Address),
     Spawn {
         command: Vec<String>,
@@ -394,14 +409,17 @@ enum Source {
 
 /// One connection and, when spawning, the process at its other end.
 #[derive(Default)]
-struct Slot {
-    conn: Option<Connection<Stream>>,
+pub(crate) struct Slot {
+    pub(crate) conn: Option<Connection<Stream>>,
     child: Option<Spawned>,
 }
 
 impl Slot {
     /// The connection, (re)connected or (re)spawned if the last one is not reusable.
-    async fn ready(&mut self, source: &Source) -> Result<&mut Connection<Stream>, ClientError> {
+    pub(crate) async fn ready(
+        &mut self,
+        source: &Source,
+    ) -> Result<&mut Connection<Stream>, ClientError> {
         if let Some(conn) = self.conn.take_if(|c| c.is_reusable()) {
             return Ok(self.conn.insert(conn));
         }
@@ -454,27 +472,29 @@ impl Pool {
 }
 
 /// What every request loop shares for the whole run.
-struct Ctx {
-    source: Source,
-    request: Request,
+pub(crate) struct Ctx {
+    pub(crate) source: Source,
+    pub(crate) request: Request,
     request_wire_len: u64,
     expect_status: u16,
     expect_body: Option<Bytes>,
-    limit: Option<Duration>,
+    pub(crate) limit: Option<Duration>,
     pool: Option<Pool>,
-    progress: bool,
+    pub(crate) progress: bool,
+    /// Requests in flight per connection (`--streams`).
+    streams: u16,
 }
 
 /// One timed phase (warm-up or measurement).
-struct Phase {
+pub(crate) struct Phase {
     start: Instant,
     stop: Stop,
-    interval_ns: Option<f64>,
+    pub(crate) interval_ns: Option<f64>,
     /// The next request number; also its slot in the --rate schedule.
-    tickets: AtomicU64,
+    pub(crate) tickets: AtomicU64,
     /// Finished and failed requests, for the progress line only.
-    done: AtomicU64,
-    failed: AtomicU64,
+    pub(crate) done: AtomicU64,
+    pub(crate) failed: AtomicU64,
 }
 
 impl Phase {
@@ -489,8 +509,13 @@ impl Phase {
         }
     }
 
+    /// True once no further request may start.
+    pub(crate) fn over(&self) -> bool {
+        self.due(self.tickets.load(Ordering::Relaxed)).is_none()
+    }
+
     /// When request `ticket` should start, or `None` when the phase is over.
-    fn due(&self, ticket: u64) -> Option<Instant> {
+    pub(crate) fn due(&self, ticket: u64) -> Option<Instant> {
         let due = match self.interval_ns {
             Some(interval) => send_time(self.start, interval, ticket),
             None => Instant::now(),
@@ -511,7 +536,7 @@ fn send_time(start: Instant, interval_ns: f64, ticket: u64) -> Instant {
 
 /// Why a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ErrorKind {
+pub(crate) enum ErrorKind {
     Connect,
     Protocol,
     Status,
@@ -538,7 +563,7 @@ impl ErrorKind {
         }
     }
 
-    fn of(error: &ClientError) -> Self {
+    pub(crate) fn of(error: &ClientError) -> Self {
         match error {
             ClientError::Connect { .. }
             | ClientError::Spawn { .. }
@@ -552,17 +577,17 @@ impl ErrorKind {
 /// Counters and the latency histogram of one request loop, or merged.
 #[derive(Debug, Clone)]
 pub struct Stats {
-    ok: u64,
+    pub(crate) ok: u64,
     errors: [u64; 5],
-    bytes_in: u64,
-    bytes_out: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
     /// Nanoseconds, 3 significant digits.
     latency: Histogram<u64>,
     first_error: Option<String>,
 }
 
 impl Stats {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             ok: 0,
             errors: [0; 5],
@@ -574,19 +599,19 @@ impl Stats {
         }
     }
 
-    fn error(&mut self, kind: ErrorKind, detail: impl FnOnce() -> String) {
+    pub(crate) fn error(&mut self, kind: ErrorKind, detail: impl FnOnce() -> String) {
         self.errors[kind as usize] += 1;
         if self.first_error.is_none() {
             self.first_error = Some(format!("{}: {}", kind.name(), detail()));
         }
     }
 
-    fn record_latency(&mut self, latency: Duration) {
+    pub(crate) fn record_latency(&mut self, latency: Duration) {
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         self.latency.saturating_record(ns.max(1));
     }
 
-    fn merge(&mut self, other: Self) {
+    pub(crate) fn merge(&mut self, other: Self) {
         self.ok += other.ok;
         for (sum, n) in self.errors.iter_mut().zip(other.errors) {
             *sum += n;
@@ -625,6 +650,8 @@ pub struct Report {
     /// With --spawn-pool: the number of processes.
     processes: Option<u32>,
     keep_conn: bool,
+    /// Requests in flight per connection.
+    streams: u16,
     elapsed: Duration,
     /// The counters and latencies.
     pub stats: Stats,
@@ -656,10 +683,12 @@ impl Report {
             .processes
             .map(|n| format!(" sharing {n} processes"))
             .unwrap_or_default();
-        let keep = if self.keep_conn {
-            "keep-conn"
+        let keep = if self.streams > 1 {
+            format!("keep-conn, {} streams each", self.streams)
+        } else if self.keep_conn {
+            "keep-conn".to_owned()
         } else {
-            "new connection per request"
+            "new connection per request".to_owned()
         };
         let _ = writeln!(
             out,
@@ -715,6 +744,7 @@ impl Report {
         let mut out = String::from("{");
         let _ = write!(out, "\"target\":{}", json_string(&self.target));
         let _ = write!(out, ",\"connections\":{}", self.connections);
+        let _ = write!(out, ",\"streams\":{}", self.streams);
         if let Some(n) = self.processes {
             let _ = write!(out, ",\"processes\":{n}");
         }
@@ -832,7 +862,7 @@ async fn setup_slots(ctx: &Ctx, count: u32) -> (Vec<Slot>, Stats) {
 }
 
 /// Polls all futures to completion on the current task.
-async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -860,7 +890,7 @@ async fn close_slots(slots: impl Iterator<Item = Slot>) {
 }
 
 /// Awaits `fut`, giving up after `limit`.
-async fn within<T>(
+pub(crate) async fn within<T>(
     limit: Option<Duration>,
     fut: impl Future<Output = Result<T, ClientError>>,
 ) -> Result<T, ClientError> {
@@ -897,7 +927,14 @@ async fn run_phase(
         } else {
             Some(slots.next().unwrap_or_default())
         };
-        tasks.spawn(request_loop(Arc::clone(ctx), Arc::clone(&phase), own));
+        if ctx.streams > 1 {
+            let slot = own.unwrap_or_default();
+            let task =
+                crate::bench_mux::mux_loop(Arc::clone(ctx), Arc::clone(&phase), slot, ctx.streams);
+            tasks.spawn(task);
+        } else {
+            tasks.spawn(request_loop(Arc::clone(ctx), Arc::clone(&phase), own));
+        }
     }
     let mut back = Vec::new();
     let mut stats = Stats::new();
@@ -1000,7 +1037,7 @@ async fn exchange(
 }
 
 /// Applies the correctness gate to a finished request.
-fn check_end(
+pub(crate) fn check_end(
     ctx: &Ctx,
     end: End,
     check: bool,
@@ -1145,6 +1182,7 @@ mod tests {
         Report {
             target: "unix:/tmp/a\"b.sock".into(),
             connections: 4,
+            streams: 1,
             processes: None,
             keep_conn: true,
             elapsed: Duration::from_secs(2),

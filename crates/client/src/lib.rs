@@ -29,6 +29,7 @@
 
 mod address;
 pub mod bench;
+mod bench_mux;
 pub mod cli;
 mod connection;
 mod error;
