@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Charts of a scripts/bench/run results file: one PNG per path (direct, nginx, http) with a
-column per scenario and three rows: requests/s, server CPU per response, p99 latency.
+"""Charts of a scripts/bench/run results file: one PNG per path with a column per scenario and
+three rows: requests/s, server CPU per response, p99 latency. The HTTP references (path http)
+join the direct chart, in their own colour; they get a chart of their own only when the run
+measured no direct path.
 
     python charts.py target/bench/results.json docs/bench/
 
@@ -23,22 +25,36 @@ ROWS = [("rps", "requests/s (higher is better)", 1),
         ("cpu_us", "server CPU µs per response (lower is better)", 1),
         ("p99_ms", "p99 latency, ms (lower is better)", 1)]
 TITLES = {
-    "direct": "Direct: pyfcgi bench → FastCGI server (Unix socket)",
+    "direct": "Direct: pyfcgi bench → FastCGI server (Unix socket); HTTP servers: wrk → server",
     "nginx": "wrk → nginx → FastCGI server (Unix socket)",
     "http": "HTTP reference: wrk → HTTP server (no nginx)",
 }
-PYFCGI_COLOUR, PEER_COLOUR, C_COLOUR, FAILED_COLOUR = "#d95f02", "#7570b3", "#1b9e77", "#bbbbbb"
+PYFCGI_COLOUR, PEER_COLOUR, C_COLOUR, HTTP_COLOUR, FAILED_COLOUR = (
+    "#d95f02", "#7570b3", "#1b9e77", "#a6761d", "#bbbbbb")
+
+
+def bar_colour(server):
+    if server == "pyfcgi":
+        return PYFCGI_COLOUR
+    if server == "c":
+        return C_COLOUR
+    return HTTP_COLOUR if SERVERS[server].kind == "http" else PEER_COLOUR
 
 
 def chart(results, path, out_dir):
-    cells = [s for s in results["summary"] if s["path"] == path]
+    measured = {s["path"] for s in results["summary"]}
+    if path == "http" and "direct" in measured:
+        return None  # drawn with the direct path
+    paths = ("direct", "http") if path == "direct" else (path,)
+    cells = [s for s in results["summary"] if s["path"] in paths]
     scenarios = [n for n in results["config"]["scenarios"] if any(c["scenario"] == n for c in cells)]
     servers = [n for n in results["config"]["servers"] if any(c["server"] == n for c in cells)]
     if not cells:
         return None
     by = {(c["scenario"], c["server"]): c for c in cells}
     fig, axes = plt.subplots(len(ROWS), len(scenarios), squeeze=False,
-                             figsize=(2.9 * len(scenarios) + 1.2, 1.0 + 0.42 * len(servers) * 3))
+                             figsize=(2.9 * len(scenarios) + 1.2,
+                                      1.0 + 0.42 * max(len(servers), 4) * len(ROWS)))
     for col, scenario in enumerate(scenarios):
         for row, (key, label, _) in enumerate(ROWS):
             ax = axes[row][col]
@@ -48,9 +64,7 @@ def chart(results, path, out_dir):
                 names.append(SERVERS[server].label)
                 ok = c is not None and c["ok"] and c[key] is not None
                 values.append(c[key] if ok else 0)
-                colours.append(None if c is None else FAILED_COLOUR if not ok
-                               else PYFCGI_COLOUR if server == "pyfcgi"
-                               else C_COLOUR if server == "c" else PEER_COLOUR)
+                colours.append(None if c is None else bar_colour(server) if ok else FAILED_COLOUR)
             y = range(len(names))
             ax.barh(y, values, color=[c or "white" for c in colours])
             ax.set_yticks(list(y), names if col == 0 else [""] * len(names), fontsize=8)

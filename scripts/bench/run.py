@@ -279,8 +279,11 @@ class Bench:
         log_path = os.path.join(self.work, f"{tag}.log")
         cmd = ["taskset", "-c", self.args.server_cpu] + self.command(server, scenario, where)
         with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                    start_new_session=True, cwd=BENCH)
+            try:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file,
+                                        stderr=log_file, start_new_session=True, cwd=BENCH)
+            except OSError as e:
+                raise PeerFailed(f"cannot start {' '.join(cmd)}: {e}")
         deadline = time.monotonic() + self.args.start_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -308,21 +311,13 @@ class Bench:
             cmd += ["--data-binary", "@" + self.post_file]
         return cmd
 
-    def run_bench(self, cmd, server_proc=None, log_path=None):
+    def run_bench(self, cmd):
         timeout = self.args.seconds + self.args.warmup + 60
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise PeerFailed(f"pyfcgi bench did not finish within {timeout} s")
-        if out.returncode not in (0, 2):
-            raise PeerFailed(f"pyfcgi bench failed (exit {out.returncode}): {out.stderr.strip()}")
-        try:
-            report = json.loads(out.stdout)
-        except json.JSONDecodeError:
-            raise PeerFailed(f"pyfcgi bench printed no JSON: {out.stderr.strip()[-500:]}")
-        first_error = next((line.split("first error: ", 1)[1] for line in out.stderr.splitlines()
-                            if "first error: " in line), "")
-        return report, first_error
+        return parse_bench(out.returncode, out.stdout, out.stderr)
 
     def direct(self, server, scenario, where, proc):
         a = self.args
@@ -362,12 +357,7 @@ class Bench:
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
-        if bench.returncode not in (0, 2):
-            raise PeerFailed(f"pyfcgi bench --spawn-pool failed (exit {bench.returncode}): "
-                             f"{stderr.strip()[-800:]}")
-        report = json.loads(stdout)
-        first_error = next((line.split("first error: ", 1)[1] for line in stderr.splitlines()
-                            if "first error: " in line), "")
+        report, first_error = parse_bench(bench.returncode, stdout, stderr)
         # The measuring window ended when bench printed its report, just before it exited.
         window_end = end - 0.05
         window_start = window_end - report["duration_s"]
@@ -435,8 +425,10 @@ class Bench:
         if good and w["bytes_read"] < 0.98 * good * len(scenario.expected):
             problems.append(f"{w['bytes_read'] / good:.0f} bytes read per response, less than the "
                             f"{len(scenario.expected)}-byte body")
+        if not good:
+            return failed_result("; ".join(problems) or "no good response")
         return {
-            "rps": good / w["seconds"], "cpu_us": cpu_s * 1e6 / max(good, 1),
+            "rps": good / w["seconds"], "cpu_us": cpu_s * 1e6 / good,
             "p99_ms": w["p99_ms"], "requests": w["requests"], "ok": good,
             "errors": w["non2xx"] + sum(w["socket_error_counts"]), "problem": "; ".join(problems),
             "foreign_pct": foreign,
@@ -531,15 +523,31 @@ class TreeSampler:
         return (cb - ca) / HZ * (end - start) / (tb - ta)
 
 
+def parse_bench(returncode, stdout, stderr):
+    """pyfcgi bench's JSON report and its "first error" line (exit 2: some requests failed)."""
+    if returncode not in (0, 2):
+        raise PeerFailed(f"pyfcgi bench failed (exit {returncode}): {stderr.strip()[-800:]}")
+    try:
+        report = json.loads(stdout)
+    except json.JSONDecodeError:
+        raise PeerFailed(f"pyfcgi bench printed no JSON: {stderr.strip()[-800:]}")
+    first_error = next((line.split("first error: ", 1)[1] for line in stderr.splitlines()
+                        if "first error: " in line), "")
+    return report, first_error
+
+
 def bench_result(report, first_error, cpu_s, foreign_pct):
     ok = report["ok"]
+    if not ok:
+        return failed_result(f"no good response in {report['requests']} requests"
+                             + (f"; first error: {first_error}" if first_error else ""))
     problem = ""
     if report["error_total"]:
         kinds = ", ".join(f"{k} {v}" for k, v in report["errors"].items() if v)
         problem = f"{report['error_total']} errors ({kinds})" + (
             f"; first: {first_error}" if first_error else "")
     return {
-        "rps": ok / report["duration_s"], "cpu_us": cpu_s * 1e6 / max(ok, 1),
+        "rps": ok / report["duration_s"], "cpu_us": cpu_s * 1e6 / ok,
         "p99_ms": report["latency_us"]["p99"] / 1000, "requests": report["requests"], "ok": ok,
         "errors": report["error_total"], "problem": problem, "foreign_pct": foreign_pct,
     }
@@ -727,7 +735,8 @@ def markdown(summary, args):
                 ratio = "–"
                 if s["ok"] and base and base["ok"] and s["cpu_us"] and server != "pyfcgi":
                     ratio = f"{s['cpu_us'] / base['cpu_us']:.2f}×"
-                status = str(s["errors"]) if s["ok"] else f"**failed** ({s['errors']})"
+                status = (str(s["errors"]) if s["ok"] else
+                          "**failed**" + (f" ({s['errors']})" if s["errors"] else ""))
                 lines.append(
                     f"| {SCENARIOS[scenario].title} | {SERVERS[server].label} "
                     f"| {fmt(s['rps'], ',.0f')} | {fmt(s['cpu_us'], '.1f', ' µs')} "
@@ -737,8 +746,12 @@ def markdown(summary, args):
     if failures:
         lines += ["Failed runs (not ranked):", ""]
         for s in failures:
-            first = s["problems"][0].replace("\n", " ").replace("    | ", " | ")
-            lines.append(f"- {SERVERS[s['server']].label}, {s['scenario']}, {s['path']}: {first[:400]}")
+            # The problem's first line, and the last line of a log tail under it.
+            parts = [line.strip(" |") for line in s["problems"][0].splitlines()]
+            brief = parts[0] if len(parts) == 1 else f"{parts[0]} … {parts[-1]}"
+            more = f" (and {len(s['problems']) - 1} more reps)" if len(s["problems"]) > 1 else ""
+            lines.append(f"- {SERVERS[s['server']].label}, {s['scenario']}, {s['path']}: "
+                         f"{brief[:400]}{more}")
         lines.append("")
     return "\n".join(lines)
 
@@ -1006,6 +1019,11 @@ def main(argv):
         f"(+{args.warmup:g} s warm-up); server on CPU {args.server_cpu}, load on CPU {args.load_cpu}")
     raw, done, started = [], 0, time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pyfcgi-bench-") as work:
+        # A copy, so that a rebuild of target/release during the run cannot mix two versions.
+        built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(args.pyfcgi)))
+        args.pyfcgi = shutil.copy2(args.pyfcgi, os.path.join(work, "pyfcgi"))
+        info = machine(args)
+        info["pyfcgi_built"] = built
         bench = Bench(args, work)
         for rep in range(1, args.reps + 1):
             for server, scenario in pairs:
@@ -1030,7 +1048,6 @@ def main(argv):
                         f"{scenario.name} {path} {server.name}: {outcome}")
     elapsed = time.monotonic() - started
     summary = summarise(raw)
-    info = machine(args)
     config = {k: getattr(args, k) for k in ("seconds", "warmup", "reps", "servers", "scenarios",
                                              "paths", "workers", "connections", "load_cpu",
                                              "server_cpu", "smoke")}
