@@ -3,8 +3,9 @@
 //! requests on the [`JobQueue`] and never touch Python.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::thread::JoinHandle;
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use pyfcgi_proto::Params;
@@ -34,16 +35,18 @@ const JOIN_AFTER: Duration = Duration::from_millis(2);
 /// its request for [`JOIN_AFTER`] (it is probably waiting on I/O with the GIL released).
 pub(crate) struct JobQueue<T = Job> {
     state: Mutex<QueueState<T>>,
-    ready: Condvar,
 }
 
 struct QueueState<T> {
     jobs: VecDeque<T>,
     /// When each worker started its current request (`None`: not running one).
     started: Vec<Option<Instant>>,
-    sleeping: usize,
-    /// A sleeper is watching the busy workers on a timer.
+    /// Sleeping workers, the most recent last: the one woken next, whose caches are warm and
+    /// which the scheduler does not let preempt the I/O thread the way a long sleeper would.
+    idle: Vec<(usize, Thread)>,
+    /// A sleeper is watching the busy workers on a timer (not in `idle`).
     standby: bool,
+    standby_thread: Option<(usize, Thread)>,
     /// A sleeper was woken to become the standby.
     standby_called: bool,
     closed: bool,
@@ -54,9 +57,15 @@ impl<T> QueueState<T> {
         self.started.iter().filter(|s| s.is_some()).count()
     }
 
-    /// When the standby may join: every busy worker past [`JOIN_AFTER`] (`None`: now).
-    fn join_at(&self) -> Option<Instant> {
-        self.started.iter().flatten().max().map(|t| *t + JOIN_AFTER)
+    /// When worker `me` may join: every other busy worker past [`JOIN_AFTER`] (`None`: now).
+    fn join_at(&self, me: usize) -> Option<Instant> {
+        self.started
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != me)
+            .filter_map(|(_, s)| *s)
+            .max()
+            .map(|t| t + JOIN_AFTER)
     }
 }
 
@@ -66,12 +75,12 @@ impl<T> JobQueue<T> {
             state: Mutex::new(QueueState {
                 jobs: VecDeque::new(),
                 started: vec![None; workers.max(1)],
-                sleeping: 0,
+                idle: Vec::new(),
                 standby: false,
+                standby_thread: None,
                 standby_called: false,
                 closed: false,
             }),
-            ready: Condvar::new(),
         }
     }
 
@@ -88,13 +97,29 @@ impl<T> JobQueue<T> {
         }
         st.jobs.push_back(job);
         // Wake a sleeper when nobody is running, or to become the standby.
-        let wake = st.sleeping > 0 && (st.busy() == 0 || !(st.standby || st.standby_called));
+        let wake = (!st.idle.is_empty() || st.standby)
+            && (st.busy() == 0 || (!st.standby && !st.standby_called));
         if wake && st.busy() > 0 {
             st.standby_called = true;
         }
+        let woken = if !wake {
+            None
+        } else if st.busy() == 0 {
+            // The most recent sleeper: warm, and it does not preempt the I/O thread the way
+            // a long sleeper would. Counted busy from now, so the rest of a burst of requests
+            // does not wake the others.
+            let next = st.idle.pop().or_else(|| st.standby_thread.clone());
+            if let Some((i, _)) = &next {
+                st.started[*i] = Some(Instant::now());
+            }
+            next.map(|(_, t)| t)
+        } else {
+            // The standby is the least recently used worker.
+            Some(st.idle.remove(0).1)
+        };
         drop(st);
-        if wake {
-            self.ready.notify_one();
+        if let Some(t) = woken {
+            t.unpark();
         }
         Ok(())
     }
@@ -117,54 +142,76 @@ impl<T> JobQueue<T> {
                 if st.closed {
                     return None;
                 }
-                if standing_by {
-                    // Nothing waits any more: stop watching.
+                if standing_by && st.busy() == 0 {
+                    // Nobody to watch: sleep like the others. (While a worker is busy the
+                    // standby stays, so a queue that keeps emptying and refilling does not
+                    // wake a new standby each time.)
                     st.standby = false;
+                    st.standby_thread = None;
                     standing_by = false;
                 }
             } else {
-                let may_take = st.join_at().is_none_or(|at| Instant::now() >= at);
+                let may_take = st.join_at(me).is_none_or(|at| Instant::now() >= at);
                 if may_take {
                     if standing_by {
                         st.standby = false;
+                        st.standby_thread = None;
                     }
                     st.started[me] = Some(Instant::now());
                     let job = st.jobs.pop_front();
                     // Someone must watch what is still queued.
                     let call = !st.jobs.is_empty()
-                        && st.sleeping > 0
-                        && !(st.standby || st.standby_called);
+                        && !st.idle.is_empty()
+                        && !st.standby
+                        && !st.standby_called;
                     if call {
                         st.standby_called = true;
-                        self.ready.notify_one();
+                        let (_, t) = st.idle.remove(0);
+                        t.unpark();
                     }
                     return job;
                 }
                 if !standing_by && !st.standby {
                     st.standby = true;
+                    st.standby_thread = Some((me, std::thread::current()));
                     standing_by = true;
                 }
             }
-            st.sleeping += 1;
-            st = match st.join_at().filter(|_| standing_by) {
-                Some(at) => {
-                    let wait = at.saturating_duration_since(Instant::now());
-                    self.ready
-                        .wait_timeout(st, wait)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-                None => self.ready.wait(st).unwrap_or_else(PoisonError::into_inner),
-            };
-            st.sleeping -= 1;
+            // Not busy while asleep (a waker may have counted this worker busy for a job
+            // another worker took meanwhile).
+            st.started[me] = None;
+            let timeout = st
+                .join_at(me)
+                .filter(|_| standing_by)
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            if !standing_by {
+                st.idle.push((me, std::thread::current()));
+            }
+            drop(st);
+            match timeout {
+                Some(t) => std::thread::park_timeout(t),
+                None => std::thread::park(),
+            }
+            st = self.lock();
+            // Still listed: woken by the timer (or spuriously), not by a waker.
+            st.idle.retain(|(i, _)| *i != me);
             st.standby_called = false;
         }
     }
 
     /// No more jobs: workers finish what is queued, then exit.
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_all();
+        let (idle, standby) = {
+            let mut st = self.lock();
+            st.closed = true;
+            (
+                std::mem::take(&mut st.idle),
+                st.standby_thread.take().map(|(_, t)| t),
+            )
+        };
+        for t in idle.into_iter().map(|(_, t)| t).chain(standby) {
+            t.unpark();
+        }
     }
 }
 
