@@ -1,4 +1,5 @@
-"""The hello-world WSGI app every server in scripts/bench/peers runs: 13 bytes, no I/O."""
+"""A hello-world WSGI app, 13 bytes, no I/O, for docs/benchmarks.md's direct commands and
+scripts/bench/resources (scripts/bench/run serves the same bytes from bench/apps.py:hello)."""
 
 BODY = b"Hello, World!"
 HEADERS = [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))]
