@@ -775,6 +775,8 @@ def markdown(res, args):
                 cells += ["–"] * 3
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+        if "alloc" in res and res["alloc"]["pythonmalloc"]:
+            out += [f"(PYTHONMALLOC={res['alloc']['pythonmalloc']}: CPython's allocations all go through malloc.)", ""]
         if "instr" in res:
             i = res["instr"]
             out.append(f"instructions per request: builtin {fmt_int(i['builtin']['instructions_per_request'])}, "
@@ -792,8 +794,9 @@ def loadavg():
 
 def machine_line(args):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    built = os.environ.get("PYFCGI_BUILT_FROM")
     line = (f"{os.cpu_count()} cores, {cpu}, Linux {platform.release()}, Python {args.python_version}; "
-            f"{args.pyfcgi_version}.")
+            f"{args.pyfcgi_version} ({f'built from {built}' if built else args.pyfcgi}).")
     if getattr(args, "loadavg", None):
         # Other work on the machine skews the timings (cold start, transfer times), not the
         # memory or instruction counts.
@@ -845,7 +848,7 @@ def main():
     ap.add_argument("--venv", help="venv with Flask (cold start of examples/flask_app); its python is used for the import baselines")
     ap.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     ap.add_argument("--smoke", action="store_true",
-                    help="quick CI run (about 5 s): rss of pyfcgi only with 1 s of load, an 8 MiB upload and "
+                    help="quick CI run (about 4 s): rss of pyfcgi only with 1 s of load, an 8 MiB upload and "
                          "download, cold start of bench/hello.py x 3; no valgrind")
     ap.add_argument("--check", action="store_true", help="exit 3 when a measured target is missed")
     ap.add_argument("--big-size", type=size_arg, default=1 << 30, help="upload/download size (default 1g)")
@@ -878,6 +881,7 @@ def main():
     args.big_bytes = args.big_size
     if not args.json:
         args.json = os.path.join(ROOT, "target", "bench", "resources-smoke.json" if args.smoke else "resources.json")
+    args.pyfcgi = os.path.abspath(args.pyfcgi)
     if not os.access(args.pyfcgi, os.X_OK):
         ap.error(f"{args.pyfcgi} is not an executable; build it with `cargo build --release --locked`")
     if any(x in only for x in ("alloc", "instr")) and not shutil.which("valgrind"):
@@ -901,7 +905,7 @@ def main():
     started = time.monotonic()
     args.loadavg = None
     load_before = loadavg()
-    if load_before > 0.5:
+    if load_before > 1.0:
         log(f"warning: load average {load_before:.1f} before starting: timings will be noisy")
     res = {}
     steps = {"rss": measure_rss, "big": measure_big, "cold": measure_cold,
@@ -922,7 +926,8 @@ def main():
     targets = check_targets(res)
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "pyfcgi": args.pyfcgi, "pyfcgi_version": args.pyfcgi_version, "python": args.python,
+        "pyfcgi": args.pyfcgi, "pyfcgi_version": args.pyfcgi_version,
+        "built_from": os.environ.get("PYFCGI_BUILT_FROM"), "python": args.python,
         "python_version": args.python_version, "machine": machine_line(args), "smoke": args.smoke,
         "seconds": round(elapsed, 1),
         "targets": [{"target": t, "met": m, "value": d} for t, m, d in targets],
