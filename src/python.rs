@@ -50,7 +50,8 @@ pub fn resolve(
         app_dir: parsed.app_dir(),
         env: env.to_vec(),
     };
-    Python::initialize();
+    // With a venv known now, site runs once, for the venv (not for the base interpreter too).
+    interp::initialize(matches!(interp::find_venv(&opts), Ok(Some(_))));
     Ok(Python::attach(|py| load_attached(py, spec, &parsed, &opts)))
 }
 

@@ -175,6 +175,37 @@ pub fn setup(py: Python<'_>, opts: &InterpreterOptions) -> Result<InterpreterInf
     Ok(describe(py, venv))
 }
 
+/// Starts the interpreter (once per process). With `skip_site` (a venv is known before start),
+/// `site` does not run at start-up: [`setup`] runs it later against the venv's prefix, the way
+/// the venv's own `python` does. Otherwise the base interpreter's `site-packages` and every
+/// `.pth` file in it would be processed first (imports and memory the venv never uses).
+pub fn initialize(skip_site: bool) {
+    if skip_site {
+        // SAFETY: called before any other use of the interpreter, on one thread; the config
+        // is initialised by CPython, changed field by field and cleared after use. After a
+        // successful start the GIL is released, as pyo3's own initialisation does.
+        unsafe {
+            if pyo3::ffi::Py_IsInitialized() == 0 {
+                let mut config = std::mem::MaybeUninit::<pyo3::ffi::PyConfig>::uninit();
+                pyo3::ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
+                let mut config = config.assume_init();
+                config.site_import = 0;
+                config.install_signal_handlers = 0;
+                config.parse_argv = 0;
+                let status = pyo3::ffi::Py_InitializeFromConfig(&raw const config);
+                pyo3::ffi::PyConfig_Clear(&raw mut config);
+                if pyo3::ffi::PyStatus_Exception(status) == 0 {
+                    pyo3::ffi::PyEval_SaveThread();
+                } else {
+                    warn!("starting the interpreter without site failed; starting it normally");
+                }
+            }
+        }
+    }
+    // A no-op when the interpreter is already running, apart from pyo3's bookkeeping.
+    Python::initialize();
+}
+
 /// The interpreter facts for logs and diagnoses.
 pub fn describe(py: Python<'_>, venv: Option<(PathBuf, &'static str)>) -> InterpreterInfo {
     let get = |name: &str| -> String {
@@ -220,6 +251,24 @@ fn apply_venv(py: Python<'_>, sys: &Bound<'_, PyModule>, venv: &Path) -> PyResul
     let venv_s = venv.to_string_lossy().into_owned();
     sys.setattr("prefix", &venv_s)?;
     sys.setattr("exec_prefix", &venv_s)?;
+    let site_ran = sys.getattr("flags")?.getattr("no_site")?.extract::<i32>()? == 0;
+    if !site_ran {
+        // Started without site (see `initialize`): run it now for the venv, as its python
+        // does: the venv's site-packages and .pth files, sitecustomize, exit()/help().
+        let site = py.import("site")?;
+        site.setattr("PREFIXES", PyList::new(py, [&venv_s, &venv_s])?)?;
+        if include_system {
+            let base: String = sys.getattr("base_prefix")?.extract()?;
+            site.setattr("PREFIXES", PyList::new(py, [&venv_s, &base])?)?;
+        } else {
+            site.setattr("ENABLE_USER_SITE", false)?;
+        }
+        site.call_method0("main")?;
+        py.import("os")?
+            .getattr("environ")?
+            .set_item("VIRTUAL_ENV", &venv_s)?;
+        return Ok(());
+    }
     let path: Bound<'_, PyList> = sys.getattr("path")?.cast_into()?;
     if !include_system {
         // Like a real venv: the base interpreter's site-packages are not visible.
