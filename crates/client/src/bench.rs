@@ -1032,8 +1032,14 @@ async fn exchange(
             sample.extend_from_slice(&data);
         }
     });
-    let end = within(ctx.limit, response).await.map_err(fail)?;
-    check_end(ctx, end, check, sample)
+    let end = within(ctx.limit, response).await.map_err(fail);
+    // A connection that cannot carry another request (no FCGI_KEEP_CONN, or broken) is closed
+    // now, not when the next request replaces it: a responder that waits for the client to
+    // close first (flup, libfcgi) would otherwise sit on it, and with one worker stall.
+    if !slot.conn.as_ref().is_some_and(Connection::is_reusable) {
+        slot.conn = None;
+    }
+    check_end(ctx, end?, check, sample)
 }
 
 /// Applies the correctness gate to a finished request.
