@@ -36,6 +36,8 @@ import tempfile
 import threading
 import time
 
+from procfs import proc_tree
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HELLO = b"Hello, World!"
 MIB = 1 << 20
@@ -51,25 +53,6 @@ def log(msg):
 
 
 # --- /proc -------------------------------------------------------------------------------------
-
-
-def proc_tree(pid):
-    """pid and all its descendants."""
-    children = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(d))
-            except (OSError, IndexError, ValueError):
-                pass
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
 
 
 def proc_status(pid):

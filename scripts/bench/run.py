@@ -40,6 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BENCH = os.path.join(ROOT, "bench")
 sys.path.insert(0, BENCH)
 import apps  # noqa: E402  (bench/apps.py: the expected bodies)
+from procfs import proc_tree  # noqa: E402  (scripts/bench/procfs.py)
 
 HZ = os.sysconf("SC_CLK_TCK")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -123,25 +124,6 @@ PATHS = ("direct", "nginx", "http")
 
 
 # --- processes and /proc ---------------------------------------------------------------------
-
-def proc_tree(pid):
-    """pid and all its descendants."""
-    children = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(d))
-            except (OSError, IndexError, ValueError):
-                pass
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
 
 def cpu_ticks(pids, reaped=True):
     """utime + stime, in clock ticks, of the given processes (all their threads), plus with

@@ -983,31 +983,45 @@ async fn request_loop(
             (None, Some(slot)) => exchange(&ctx, slot, check, &mut sample, &mut stats).await,
             (None, None) => break,
         };
-        let latency = due.elapsed();
-        match result {
-            Ok(()) => {
-                stats.ok += 1;
-                stats.record_latency(latency);
-            }
-            Err((kind, detail)) => {
-                // A response that arrived but failed the gate still has a latency.
-                if matches!(kind, ErrorKind::Status | ErrorKind::Body) {
-                    stats.record_latency(latency);
-                }
-                stats.error(kind, || detail);
-                if ctx.progress {
-                    phase.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                if kind == ErrorKind::Connect {
-                    tokio::time::sleep(CONNECT_BACKOFF).await;
-                }
-            }
-        }
-        if ctx.progress {
-            phase.done.fetch_add(1, Ordering::Relaxed);
+        let failed = record(&ctx, &phase, &mut stats, due.elapsed(), result);
+        if failed == Some(ErrorKind::Connect) {
+            tokio::time::sleep(CONNECT_BACKOFF).await;
         }
     }
     (own, stats)
+}
+
+/// Counts one finished request (its latency measured from `due`) and returns the kind of
+/// failure, if it failed.
+pub(crate) fn record(
+    ctx: &Ctx,
+    phase: &Phase,
+    stats: &mut Stats,
+    latency: Duration,
+    result: Result<(), (ErrorKind, String)>,
+) -> Option<ErrorKind> {
+    let failed = match result {
+        Ok(()) => {
+            stats.ok += 1;
+            stats.record_latency(latency);
+            None
+        }
+        Err((kind, detail)) => {
+            // A response that arrived but failed the gate still has a latency.
+            if matches!(kind, ErrorKind::Status | ErrorKind::Body) {
+                stats.record_latency(latency);
+            }
+            stats.error(kind, || detail);
+            if ctx.progress {
+                phase.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(kind)
+        }
+    };
+    if ctx.progress {
+        phase.done.fetch_add(1, Ordering::Relaxed);
+    }
+    failed
 }
 
 /// Sends the request once on `slot`; with `check`, compares the response with the gate.

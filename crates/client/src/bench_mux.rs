@@ -195,24 +195,7 @@ async fn lane(
         let outcome = result
             .map_err(|e| (ErrorKind::of(&e), e.report()))
             .and_then(|end| crate::bench::check_end(ctx, end, check, &mut sample));
-        match outcome {
-            Ok(()) => {
-                stats.ok += 1;
-                stats.record_latency(latency);
-            }
-            Err((kind, detail)) => {
-                if matches!(kind, ErrorKind::Status | ErrorKind::Body) {
-                    stats.record_latency(latency);
-                }
-                stats.error(kind, || detail);
-                if ctx.progress {
-                    phase.failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        if ctx.progress {
-            phase.done.fetch_add(1, Ordering::Relaxed);
-        }
+        crate::bench::record(ctx, phase, &mut stats, latency, outcome);
         if broke {
             return (stats, true);
         }
