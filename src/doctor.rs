@@ -198,7 +198,7 @@ fn run(args: &DoctorArgs) -> Vec<Finding> {
         &site,
         venv.as_ref().map(|v| v.0.as_path()),
     ));
-    let python = embedded_python();
+    let python = embedded_python(&site, venv.as_ref().map(|v| v.0.clone()));
     out.push(python.finding());
     out.push(check_venv(venv.as_ref(), &python));
     out.extend(check_pythonpath(&site));
@@ -625,7 +625,7 @@ impl EmbeddedPython {
 }
 
 #[cfg(not(feature = "python"))]
-fn embedded_python() -> EmbeddedPython {
+fn embedded_python(_site: &Site, _venv: Option<PathBuf>) -> EmbeddedPython {
     EmbeddedPython {
         version: Err("not in this build (built without the `python` feature)".into()),
         base_prefix: String::new(),
@@ -633,8 +633,19 @@ fn embedded_python() -> EmbeddedPython {
 }
 
 #[cfg(feature = "python")]
-fn embedded_python() -> EmbeddedPython {
+fn embedded_python(site: &Site, venv: Option<PathBuf>) -> EmbeddedPython {
     use pyo3::types::PyAnyMethods;
+    let hints = crate::python_home::Hints {
+        explicit: site.settings.get("PYFCGI_PYTHON_HOME").map(PathBuf::from),
+        venv,
+        app_dirs: vec![site.root.clone()],
+    };
+    if let Err(nf) = crate::python_home::ensure_loaded(&hints) {
+        return EmbeddedPython {
+            version: Err(nf.diagnosis()),
+            base_prefix: String::new(),
+        };
+    }
     pyo3::Python::initialize();
     pyo3::Python::attach(|py| {
         let v = py.version_info();
@@ -969,6 +980,7 @@ fn check_import(
             .map(PathBuf::from)
             .collect(),
         chdir: Some(site.root.clone()),
+        python_home: site.settings.get("PYFCGI_PYTHON_HOME").map(PathBuf::from),
     };
     let env: Vec<(String, String)> = site
         .settings

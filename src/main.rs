@@ -9,6 +9,8 @@ mod lifecycle;
 mod logging;
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod python_home;
 mod serve;
 
 use std::process::ExitCode;
@@ -58,6 +60,16 @@ struct CheckArgs {
 fn main() -> ExitCode {
     // Under IIS stdout/stderr are invalid handles: make them NUL before anything can print.
     pyfcgi_server::process::prepare_std_handles();
+    if matches!(
+        std::env::args_os()
+            .nth(1)
+            .as_deref()
+            .and_then(|a| a.to_str()),
+        Some("--version" | "-V")
+    ) {
+        print!("{}", version_report());
+        return ExitCode::SUCCESS;
+    }
     let (merged, sources) = match config::merged_args(std::env::args_os().collect()) {
         Ok(x) => x,
         Err(e) => {
@@ -79,6 +91,33 @@ fn main() -> ExitCode {
         Command::Iis(args) => iis_cmd::main(args),
         Command::Doctor(args) => doctor::main(&args),
     }
+}
+
+/// `pyfcgi --version`: the version, the git revision, the Python built for and the one found.
+fn version_report() -> String {
+    use std::fmt::Write as _;
+    let mut s = format!(
+        "pyfcgi {} (git {})\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("PYFCGI_GIT_REVISION")
+    );
+    #[cfg(feature = "python")]
+    {
+        let hints = python_home::Hints {
+            venv: std::env::var_os("PYFCGI_VENV").map(std::path::PathBuf::from),
+            explicit: std::env::var_os("PYFCGI_PYTHON_HOME").map(std::path::PathBuf::from),
+            app_dirs: std::env::current_dir().into_iter().collect(),
+        };
+        let _ = writeln!(s, "python built for: CPython {}", python_home::BUILT_FOR);
+        let _ = writeln!(
+            s,
+            "python found: {}",
+            python_home::found_description(&hints)
+        );
+    }
+    #[cfg(not(feature = "python"))]
+    s.push_str("python: none (built without the `python` feature: built-in handlers only)\n");
+    s
 }
 
 fn request_main(args: pyfcgi_client::cli::RequestArgs) -> ExitCode {
@@ -111,6 +150,10 @@ fn bench_main(args: pyfcgi_client::bench::BenchArgs) -> ExitCode {
 #[cfg(feature = "python")]
 fn check_main(args: &CheckArgs) -> ExitCode {
     logging::init_stderr("warn");
+    if let Err(nf) = python_home::ensure_loaded(&args.python.hints(Some(&args.app))) {
+        eprintln!("pyfcgi check: {}", nf.diagnosis());
+        return ExitCode::from(python_home::EXIT_NO_PYTHON);
+    }
     match python::resolve(&args.app, &args.python, &[]) {
         Ok((pyfcgi_python::AppState::Loaded(_), report)) => {
             println!("OK: {report}");

@@ -242,6 +242,33 @@ pub struct PythonArgs {
     /// Change to this directory before loading the application.
     #[arg(long, env = "PYFCGI_CHDIR", value_name = "DIR")]
     pub chdir: Option<PathBuf>,
+
+    /// Windows: the folder holding python3XY.dll (or the DLL itself), when the venv's
+    /// pyvenv.cfg, PYTHONHOME and the registry do not lead to it. Ignored on Unix, where
+    /// libpython is linked at build time.
+    #[arg(long, env = "PYFCGI_PYTHON_HOME", value_name = "DIR")]
+    pub python_home: Option<PathBuf>,
+}
+
+impl PythonArgs {
+    /// Where to look for the interpreter (see `python_home`), for the app `spec` if known.
+    #[cfg(feature = "python")]
+    pub fn hints(&self, spec: Option<&str>) -> crate::python_home::Hints {
+        let mut app_dirs: Vec<PathBuf> = Vec::new();
+        if let Some(d) = spec
+            .and_then(|s| pyfcgi_python::app::AppSpec::parse(s).ok())
+            .and_then(|p| p.app_dir())
+        {
+            app_dirs.push(d);
+        }
+        app_dirs.extend(self.chdir.iter().cloned());
+        app_dirs.extend(std::env::current_dir().ok());
+        crate::python_home::Hints {
+            explicit: self.python_home.clone(),
+            venv: self.venv.clone(),
+            app_dirs,
+        }
+    }
 }
 
 /// Parses `10`, `64k`, `1m`, `2g` (powers of 1024).
@@ -319,6 +346,11 @@ pub fn main(args: ServeArgs) -> ExitCode {
     match run(args) {
         Ok(ServeOutcome::TimedOut) => ExitCode::from(EXIT_GRACE_TIMEOUT),
         Ok(_) => ExitCode::SUCCESS,
+        #[cfg(feature = "python")]
+        Err(e) if e.is::<NoPython>() => {
+            error!("{e:#}");
+            ExitCode::from(crate::python_home::EXIT_NO_PYTHON)
+        }
         Err(e) => {
             error!("{e:#}");
             ExitCode::from(EXIT_STARTUP)
@@ -384,6 +416,10 @@ fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<Serv
     };
     let watchers = WatcherSlot::default();
     let spec = args.app.clone().or_else(|| args.app_option.clone());
+    match crate::python_home::ensure_loaded(&python.hints(spec.as_deref())) {
+        Ok(found) => info!("python: {} ({})", found.library.display(), found.source),
+        Err(nf) => return serve_without_python(rt, args, &nf),
+    }
     let app = match &spec {
         Some(spec) => crate::python::load(spec, &python, &args.app_env)?,
         None if args.app_root.is_some() => bail!(
@@ -452,6 +488,66 @@ fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<Serv
         pool.join();
     }
     outcome
+}
+
+/// No usable Python: the diagnosis goes to the log (and the Windows event log); the pending
+/// request (IIS sends one as it starts the process) gets a 500 page saying what to fix, then
+/// the process exits with [`crate::python_home::EXIT_NO_PYTHON`].
+#[cfg(feature = "python")]
+fn serve_without_python(
+    rt: &tokio::runtime::Runtime,
+    mut args: ServeArgs,
+    nf: &crate::python_home::NotFound,
+) -> anyhow::Result<ServeOutcome> {
+    let diagnosis = nf.diagnosis();
+    error!("{diagnosis}");
+    #[cfg(windows)]
+    crate::python_home::report_to_event_log(&diagnosis);
+    let shutdown = CancellationToken::new();
+    let handler = MaxRequests::new(ErrorPage(nf.page()), 1, shutdown.clone());
+    // Answer promptly and go: IIS starts a new process for the next request.
+    args.graceful_timeout = args.graceful_timeout.min(10.0);
+    let _ = rt.block_on(serve_async(args, Arc::new(handler), shutdown));
+    Err(NoPython.into())
+}
+
+/// The error that makes `serve` exit with EXIT_NO_PYTHON.
+#[cfg(feature = "python")]
+#[derive(Debug)]
+pub struct NoPython;
+
+#[cfg(feature = "python")]
+impl std::fmt::Display for NoPython {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("exiting: no usable Python (see the diagnosis above)")
+    }
+}
+
+#[cfg(feature = "python")]
+impl std::error::Error for NoPython {}
+
+/// Answers every request with a fixed 500 page.
+#[cfg(feature = "python")]
+struct ErrorPage(String);
+
+#[cfg(feature = "python")]
+impl pyfcgi_server::Handler for ErrorPage {
+    async fn handle(
+        &self,
+        mut request: pyfcgi_server::Request,
+        mut response: pyfcgi_server::ResponseWriter,
+    ) {
+        // Drain the body so the web server is not left blocked writing it.
+        while let Ok(Some(_)) = request.body.chunk().await {}
+        let page = format!(
+            "Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{}",
+            self.0.len(),
+            self.0
+        );
+        if response.write(bytes::Bytes::from(page)).await.is_ok() {
+            let _ = response.end(0).await;
+        }
+    }
 }
 
 async fn serve_async<H: pyfcgi_server::Handler>(
