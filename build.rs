@@ -89,27 +89,36 @@ mod python {
         let def = def_dir.join(format!("{lib_name}.def"));
         let lib_dir = out.join("python-delaylib");
         std::fs::create_dir_all(&lib_dir).expect("cannot create the delay-import folder");
-        delaylib(
-            &def,
-            &format!("{lib_name}.dll"),
-            &lib_dir.join(format!("lib{lib_name}.dll.a")),
-        );
+        delaylib(&def, &format!("{lib_name}.dll"), &lib_dir, &lib_name);
         println!("cargo:rustc-link-search=native={}", lib_dir.display());
     }
 
-    fn delaylib(def: &Path, dll: &str, out: &Path) {
+    /// Writes `lib{lib_name}.dll.a`, a delay-import library for `dll`. dlltool names the
+    /// delay-import descriptor after its output file, so it writes a fixed name
+    /// (`__DELAY_IMPORT_DESCRIPTOR_libpyfcgi_python_delay_a`, which src/python_home/windows.rs
+    /// binds) and the result is renamed to what pyo3-ffi links (`-lpython3XY`).
+    fn delaylib(def: &Path, dll: &str, dir: &Path, lib_name: &str) {
         let tool = std::env::var("DLLTOOL").unwrap_or_else(|_| "x86_64-w64-mingw32-dlltool".into());
         let status = Command::new(&tool)
+            .current_dir(dir)
             .arg("--input-def")
             .arg(def)
-            .args(["--dllname", dll, "--output-delaylib"])
-            .arg(out)
+            .args([
+                "--dllname",
+                dll,
+                "--output-delaylib",
+                "libpyfcgi_python_delay.a",
+            ])
             .status()
             .unwrap_or_else(|e| panic!("cannot run {tool} (MinGW binutils): {e}"));
         assert!(
             status.success(),
-            "{tool} failed making {}: {status}",
-            out.display()
+            "{tool} failed making the {dll} delay-import library: {status}"
         );
+        std::fs::rename(
+            dir.join("libpyfcgi_python_delay.a"),
+            dir.join(format!("lib{lib_name}.dll.a")),
+        )
+        .expect("cannot rename the delay-import library");
     }
 }

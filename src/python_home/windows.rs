@@ -1,15 +1,17 @@
 //! Windows: find `python3XY.dll`, load it by full path, bind every delay-loaded import.
 
-use std::ffi::{OsStr, c_char};
+use std::ffi::OsStr;
 use std::os::windows::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use windows_sys::Win32::Foundation::GetLastError;
+use windows_sys::Win32::Foundation::{GetLastError, HMODULE};
 use windows_sys::Win32::System::EventLog::{
     DeregisterEventSource, EVENTLOG_ERROR_TYPE, RegisterEventSourceW, ReportEventW,
 };
-use windows_sys::Win32::System::LibraryLoader::{LOAD_WITH_ALTERED_SEARCH_PATH, LoadLibraryExW};
+use windows_sys::Win32::System::LibraryLoader::{
+    GetModuleHandleW, GetProcAddress, LOAD_WITH_ALTERED_SEARCH_PATH, LoadLibraryExW,
+};
 use windows_sys::Win32::System::Registry::{
     HKEY, HKEY_CURRENT_USER, HKEY_LOCAL_MACHINE, RRF_RT_REG_SZ, RegGetValueW,
 };
@@ -21,11 +23,76 @@ const DLL: &str = env!("PYFCGI_PYTHON_DLL");
 
 static LOADED: OnceLock<Result<Found, NotFound>> = OnceLock::new();
 
-unsafe extern "system" {
-    /// MinGW's delay-load helper (libmingwex): loads the DLL named like the delay-import
-    /// descriptor (already loaded here, so the loaded module is used) and fills every slot of
-    /// its import table, data exports (`PyExc_*`, `_Py_NoneStruct`) included.
-    fn __HrLoadAllImportsForDll(dll: *const c_char) -> i32;
+/// The delay-import descriptor dlltool made for python3XY.dll (build.rs fixes its name).
+/// Layout: `ImgDelayDescr` of delayimp.h, every field an RVA (`attrs` bit 0 set).
+#[repr(C)]
+#[allow(dead_code)] // read by layout: only some fields are used
+struct DelayDescriptor {
+    attrs: u32,
+    dll_name: u32,
+    module_handle: u32,
+    iat: u32,
+    int: u32,
+    bound_iat: u32,
+    unload_iat: u32,
+    timestamp: u32,
+}
+
+unsafe extern "C" {
+    #[link_name = "__DELAY_IMPORT_DESCRIPTOR_libpyfcgi_python_delay_a"]
+    static PYTHON_DELAY_IMPORTS: DelayDescriptor;
+}
+
+/// Fills every slot of pyfcgi's delay-import table for python3XY.dll from `module`, the way
+/// the delay-load helper would on first call, but all at once and up front: the slots of data
+/// exports (`PyExc_*`, `_Py_NoneStruct`) are read as pointers, never called, so no helper
+/// would ever fill them. Also stores the module handle, so the helper (which a slot left
+/// unfilled would reach) finds the DLL already loaded. `Err` names the first missing export.
+///
+/// # Safety
+/// `module` must be a loaded module; no other thread may be using Python yet.
+unsafe fn bind_imports(module: HMODULE) -> Result<(), String> {
+    // SAFETY: GetModuleHandleW(null) is this exe's base; the descriptor's RVAs (made by
+    // dlltool, relocated by ld) point into this image: the handle slot in .data, the
+    // import-address and import-name tables in .idata (writable), both ended by a zero entry.
+    unsafe {
+        let base = GetModuleHandleW(std::ptr::null()).cast::<u8>();
+        let d = &raw const PYTHON_DELAY_IMPORTS;
+        if (*d).attrs & 1 == 0 {
+            return Err("(a delay-import table pyfcgi cannot read: not RVA-based)".into());
+        }
+        base.add((*d).module_handle as usize)
+            .cast::<HMODULE>()
+            .write(module);
+        let mut slot = base.add((*d).iat as usize).cast::<usize>();
+        let mut name = base.add((*d).int as usize).cast::<u64>();
+        let mut missing = None;
+        while name.read() != 0 {
+            let entry = name.read();
+            // IMAGE_ORDINAL_FLAG64: import by ordinal; otherwise the RVA of a hint + name.
+            let proc = if entry & (1 << 63) != 0 {
+                GetProcAddress(module, (entry & 0xffff) as usize as *const u8)
+            } else {
+                GetProcAddress(module, base.add(entry as usize + 2))
+            };
+            match proc {
+                Some(f) => slot.write(f as usize),
+                None if missing.is_none() => {
+                    missing = Some(if entry & (1 << 63) != 0 {
+                        format!("ordinal {}", entry & 0xffff)
+                    } else {
+                        std::ffi::CStr::from_ptr(base.add(entry as usize + 2).cast())
+                            .to_string_lossy()
+                            .into_owned()
+                    });
+                }
+                None => {}
+            }
+            slot = slot.add(1);
+            name = name.add(1);
+        }
+        missing.map_or(Ok(()), Err)
+    }
 }
 
 fn wide(s: &OsStr) -> Vec<u16> {
@@ -69,12 +136,10 @@ fn load(hints: &Hints) -> Result<Found, NotFound> {
             "found, but Windows could not load it (error {err}: a 32-bit Python, or its vcruntime140.dll missing?)"
         )));
     }
-    let name = format!("{DLL}\0");
-    // SAFETY: a NUL-terminated ASCII DLL name matching the delay-import descriptor (build.rs).
-    let hr = unsafe { __HrLoadAllImportsForDll(name.as_ptr().cast()) };
-    if hr < 0 {
+    // SAFETY: `module` is the loaded python3XY.dll; see bind_imports.
+    if let Err(missing) = unsafe { bind_imports(module) } {
         return Err(fail(format!(
-            "loaded, but binding its functions failed (HRESULT {hr:#x}): is it a CPython {BUILT_FOR} DLL?"
+            "loaded, but it lacks {missing}, which pyfcgi uses: is it a CPython {BUILT_FOR} DLL?"
         )));
     }
     Ok(Found {
@@ -86,7 +151,13 @@ fn load(hints: &Hints) -> Result<Found, NotFound> {
 /// `C:\py311\python311.dll (from ...)`, or why there is none, for `--version`.
 pub fn found_description(hints: &Hints) -> String {
     match ensure_loaded(hints) {
-        Ok(f) => format!("{} (from {})", f.library.display(), f.source),
+        Ok(f) => {
+            // SAFETY: the DLL is bound; Py_GetVersion may be called before initialisation.
+            let v = unsafe { std::ffi::CStr::from_ptr(pyo3::ffi::Py_GetVersion()) };
+            let v = v.to_string_lossy();
+            let v = v.split_whitespace().next().unwrap_or_default();
+            format!("CPython {v}, {} (from {})", f.library.display(), f.source)
+        }
         Err(nf) => format!(
             "none usable ({})",
             nf.diagnosis().lines().next().unwrap_or_default()

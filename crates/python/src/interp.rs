@@ -197,7 +197,15 @@ pub fn initialize(skip_site: bool) {
                 if pyo3::ffi::PyStatus_Exception(status) == 0 {
                     pyo3::ffi::PyEval_SaveThread();
                 } else {
-                    warn!("starting the interpreter without site failed; starting it normally");
+                    let text = |p: *const std::ffi::c_char| {
+                        if p.is_null() {
+                            String::new()
+                        } else {
+                            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+                        }
+                    };
+                    warn!(func = %text(status.func), error = %text(status.err_msg),
+                        "starting the interpreter without site failed; starting it normally");
                 }
             }
         }
