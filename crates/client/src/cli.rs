@@ -65,6 +65,12 @@ pub struct RequestArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub shutdown_after: Option<u32>,
 
+    /// After the last response, wait for the spawned responder to exit on its own (as after
+    /// `--max-requests`, or when it cannot start Python) and report how it exited ("child
+    /// exited with code X"); a non-zero code becomes the exit status.
+    #[arg(long, conflicts_with = "shutdown_after")]
+    pub wait_exit: bool,
+
     /// HTTP method [default: GET, or POST when a body is given].
     #[arg(short = 'X', long = "request", value_name = "METHOD")]
     pub method: Option<String>,
@@ -208,6 +214,12 @@ fn check_usage(args: &RequestArgs) -> Result<(), ClientError> {
         return Err(ClientError::Usage(
             "--spawn has a single connection, so --repeat needs FCGI_KEEP_CONN: drop \
              --no-keep-conn or use --spawn-listen"
+                .to_owned(),
+        ));
+    }
+    if args.wait_exit && !spawning {
+        return Err(ClientError::Usage(
+            "--wait-exit needs a responder this command starts (--spawn or --spawn-listen)"
                 .to_owned(),
         ));
     }
@@ -494,7 +506,7 @@ async fn send_all(
     if expect.is_some() {
         note(&format!("{count} response bodies matched --expect-body"));
     }
-    if args.shutdown_after.is_some() {
+    if args.shutdown_after.is_some() || args.wait_exit {
         return Ok(report_child_exit(session).await);
     }
     Ok(0)
@@ -523,7 +535,7 @@ async fn exchange(
     response
 }
 
-/// After `--shutdown-after`: waits for the responder to exit on its own (the connection still
+/// After `--shutdown-after` or with `--wait-exit`: waits for the responder to exit on its own (the connection still
 /// open) and says how it went. Returns the exit status for `pyfcgi request`.
 async fn report_child_exit(session: &mut Session) -> i32 {
     let Some(child) = session.child.as_mut() else {

@@ -146,6 +146,10 @@ async fn run<R: ReadSource, W: WriteSink, H: Handler>(
     debug!(peer, "connection closed");
 }
 
+/// After shutdown, how long an idle connection waits for a request already on its way
+/// before it closes.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(250);
+
 /// Where the reader gets bytes.
 trait ReadSource {
     /// Reads into `buf`; 0 at the end of the stream.
@@ -228,8 +232,17 @@ async fn read_loop<R: ReadSource, H: Handler>(
         let read = if shutdown_seen && idle_now {
             // A request may already sit unread in the socket: serve it rather than drop it;
             // otherwise close now.
-            match rd.read_now(&mut buf) {
-                Some(n) if n > 0 => Ok(n),
+            // Bytes written just before the signal may not have reached the reactor yet
+            // (Windows pipes complete reads through the IOCP), so wait a moment for them.
+            let pending = match rd.read_now(&mut buf) {
+                Some(n) if n > 0 => Some(Ok(n)),
+                _ => tokio::time::timeout(SHUTDOWN_LINGER, rd.read(&mut buf))
+                    .await
+                    .ok(),
+            };
+            match pending {
+                Some(Ok(n)) if n > 0 => Ok(n),
+                Some(Err(e)) => Err(e),
                 _ => {
                     debug!(peer, "closing idle connection for shutdown");
                     break;
