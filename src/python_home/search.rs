@@ -88,7 +88,10 @@ impl NotFound {
     /// The body of the 500 page answered to the pending request.
     pub fn page(&self) -> String {
         let what = if self.mismatch.is_some() {
-            format!("the configured Python is not version {}", self.built_for)
+            format!(
+                "it is built for CPython {} ({}), but the configured Python is another version",
+                self.built_for, self.dll
+            )
         } else {
             format!("{} was not found", self.dll)
         };
