@@ -17,4 +17,5 @@ mod iis_lifecycle;
 mod lifecycle;
 mod nginx;
 mod python_nginx;
+mod wheel;
 mod wsgi;

@@ -95,21 +95,36 @@ pub fn find_venv(
         }
         warn!(path = %v.display(), "VIRTUAL_ENV does not point at a virtual environment (no pyvenv.cfg); ignoring it");
     }
-    let Some(start) = &opts.app_dir else {
-        return Ok(None);
-    };
-    let start = std::path::absolute(start).unwrap_or_else(|_| start.clone());
-    for dir in start.ancestors() {
-        if dir.join("pyvenv.cfg").is_file() {
-            return Ok(Some((dir.to_owned(), "pyvenv.cfg above the app")));
-        }
-        for name in [".venv", "venv"] {
-            if dir.join(name).join("pyvenv.cfg").is_file() {
-                return Ok(Some((dir.join(name), "a .venv/venv folder beside the app")));
+    if let Some(start) = &opts.app_dir {
+        let start = std::path::absolute(start).unwrap_or_else(|_| start.clone());
+        for dir in start.ancestors() {
+            if dir.join("pyvenv.cfg").is_file() {
+                return Ok(Some((dir.to_owned(), "pyvenv.cfg above the app")));
+            }
+            for name in [".venv", "venv"] {
+                if dir.join(name).join("pyvenv.cfg").is_file() {
+                    return Ok(Some((dir.join(name), "a .venv/venv folder beside the app")));
+                }
             }
         }
     }
-    Ok(None)
+    Ok(std::env::current_exe()
+        .ok()
+        .and_then(|exe| venv_holding(&exe))
+        .map(|v| (v, "the venv pyfcgi is installed in")))
+}
+
+/// The venv whose `bin/` (Unix) or `Scripts\` (Windows) holds `exe`, as after
+/// `pip install pyfcgi`.
+pub fn venv_holding(exe: &Path) -> Option<PathBuf> {
+    let dir = exe.parent()?;
+    let name = dir.file_name()?.to_str()?;
+    let venv = dir.parent()?;
+    (["bin", "Scripts"]
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(name))
+        && venv.join("pyvenv.cfg").is_file())
+    .then(|| venv.to_owned())
 }
 
 /// Reads `key = value` from a venv's `pyvenv.cfg`.
