@@ -338,3 +338,29 @@ fn route_std_streams(py: Python<'_>, sys: &Bound<'_, PyModule>) -> PyResult<()> 
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::venv_holding;
+
+    #[test]
+    fn the_venv_holding_the_exe_needs_bin_or_scripts_and_a_pyvenv_cfg() {
+        let t = tempfile::tempdir().unwrap();
+        let venv = t.path().join("site venv");
+        for d in ["bin", "Scripts", "tools"] {
+            std::fs::create_dir_all(venv.join(d)).unwrap();
+        }
+        assert_eq!(
+            venv_holding(&venv.join("bin/pyfcgi")),
+            None,
+            "no pyvenv.cfg yet"
+        );
+        std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        assert_eq!(venv_holding(&venv.join("bin/pyfcgi")), Some(venv.clone()));
+        assert_eq!(
+            venv_holding(&venv.join("Scripts/pyfcgi.exe")),
+            Some(venv.clone())
+        );
+        assert_eq!(venv_holding(&venv.join("tools/pyfcgi")), None);
+    }
+}
