@@ -121,6 +121,21 @@ pub struct ServeArgs {
     /// The mount prefix of the app: becomes SCRIPT_NAME and is stripped from PATH_INFO.
     #[arg(long, env = "PYFCGI_SCRIPT_NAME", value_name = "PREFIX", value_parser = parse_script_name)]
     pub script_name: Option<String>,
+
+    /// The application's interface: wsgi (PEP 3333), asgi (ASGI 3), or auto (asgi when the
+    /// app is a coroutine function or has an async __call__, like FastAPI and Starlette).
+    #[arg(long, env = "PYFCGI_INTERFACE", value_enum, default_value_t = Interface::Auto)]
+    pub interface: Interface,
+
+    /// ASGI: run the app's lifespan protocol (startup before the first request, shutdown on
+    /// stop). auto: run it, and serve an app that does not support it anyway; on: such an
+    /// app is a startup failure; off: never.
+    #[arg(long, env = "PYFCGI_LIFESPAN", value_enum, default_value_t = LifespanArg::Auto)]
+    pub lifespan: LifespanArg,
+
+    /// ASGI: the event loop. auto: uvloop when installed (not on Windows), else asyncio.
+    #[arg(long = "loop", env = "PYFCGI_LOOP", value_enum, default_value_t = LoopArg::Auto)]
+    pub event_loop: LoopArg,
     /// Where to listen: HOST:PORT, tcp:HOST:PORT, unix:PATH, or fd:N (an inherited socket).
     /// Default: standard input, when the web server passed a socket there.
     #[arg(long, env = "PYFCGI_BIND", short = 'b', value_name = "ADDR")]
@@ -269,6 +284,39 @@ impl PythonArgs {
             app_dirs,
         }
     }
+}
+
+/// `--interface`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Interface {
+    /// ASGI when the app looks like one, else WSGI.
+    Auto,
+    /// PEP 3333.
+    Wsgi,
+    /// ASGI 3.0.
+    Asgi,
+}
+
+/// `--lifespan`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LifespanArg {
+    /// Run it; serve an app without lifespan support anyway.
+    Auto,
+    /// Run it; no support is a startup failure.
+    On,
+    /// Never run it.
+    Off,
+}
+
+/// `--loop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoopArg {
+    /// uvloop when installed (not on Windows), else asyncio.
+    Auto,
+    /// asyncio's selector event loop.
+    Asyncio,
+    /// uvloop (an error when it is not installed).
+    Uvloop,
 }
 
 /// Parses `10`, `64k`, `1m`, `2g` (powers of 1024).
@@ -463,6 +511,18 @@ fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<Serv
         root: args.app_root.clone(),
         on_root,
     };
+    let (app, binding) = match asgi_app(&app, args.interface) {
+        Some(obj) => match start_asgi(obj, &args) {
+            Ok(host) => return serve_asgi(rt, args, host, binding, shutdown, watchers),
+            Err(detail) => {
+                error!(
+                    "{detail}\nEvery request will be answered 500; fix the application and restart."
+                );
+                (AppState::Failed { detail }, binding)
+            }
+        },
+        None => (app, binding),
+    };
     let (handler, pool) = PythonHandler::start(threads, app, cfg, binding)
         .context("cannot start the Python worker threads")?;
     info!(
@@ -487,6 +547,83 @@ fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<Serv
         // channel closes.
         pool.join();
     }
+    outcome
+}
+
+/// The app to serve with ASGI, per `--interface`.
+#[cfg(feature = "python")]
+fn asgi_app(app: &AppState, interface: Interface) -> Option<pyo3::Py<pyo3::PyAny>> {
+    let AppState::Loaded(obj) = app else {
+        return None;
+    };
+    pyo3::Python::attach(|py| match interface {
+        Interface::Wsgi => None,
+        Interface::Asgi => Some(obj.clone_ref(py)),
+        Interface::Auto => match pyfcgi_python::asgi::is_asgi_app(py, obj.bind(py)) {
+            Ok(true) => Some(obj.clone_ref(py)),
+            Ok(false) => None,
+            Err(e) => {
+                warn!(
+                    "cannot tell whether the app is ASGI ({e}); serving it as WSGI (use --interface)"
+                );
+                None
+            }
+        },
+    })
+}
+
+#[cfg(feature = "python")]
+fn start_asgi(
+    obj: pyo3::Py<pyo3::PyAny>,
+    args: &ServeArgs,
+) -> Result<pyfcgi_python::asgi::AsgiHost, String> {
+    use pyfcgi_python::asgi::{AsgiConfig, AsgiHost, Lifespan, LoopKind};
+    let cfg = AsgiConfig {
+        script_name: args.script_name.clone(),
+        url_scheme: args.url_scheme.clone(),
+        lifespan: match args.lifespan {
+            LifespanArg::Auto => Lifespan::Auto,
+            LifespanArg::On => Lifespan::On,
+            LifespanArg::Off => Lifespan::Off,
+        },
+        loop_kind: match args.event_loop {
+            LoopArg::Auto => LoopKind::Auto,
+            LoopArg::Asyncio => LoopKind::Asyncio,
+            LoopArg::Uvloop => LoopKind::Uvloop,
+        },
+    };
+    AsgiHost::start(obj, cfg).map_err(|e| e.to_string())
+}
+
+/// Serves an ASGI app until shutdown, then runs its lifespan shutdown.
+#[cfg(feature = "python")]
+fn serve_asgi(
+    rt: &tokio::runtime::Runtime,
+    args: ServeArgs,
+    host: pyfcgi_python::asgi::AsgiHost,
+    binding: AppBinding,
+    shutdown: CancellationToken,
+    watchers: WatcherSlot,
+) -> anyhow::Result<ServeOutcome> {
+    let admission = pyfcgi_python::Admission::new(binding, args.max_body_size);
+    info!(
+        app = args
+            .app
+            .as_deref()
+            .or(args.app_option.as_deref())
+            .unwrap_or_default(),
+        "serving an ASGI application"
+    );
+    let grace = std::time::Duration::from_secs_f64(args.graceful_timeout.max(1.0));
+    let handler = Arc::new(MaxRequests::new(
+        host.handler(admission),
+        args.max_requests,
+        shutdown.clone(),
+    ));
+    let outcome = rt.block_on(serve_async(args, Arc::clone(&handler), shutdown));
+    drop(handler);
+    drop(watchers);
+    host.stop(grace);
     outcome
 }
 

@@ -8,6 +8,7 @@
 mod support;
 
 mod app_loading;
+mod asgi;
 mod bench;
 mod cgi_fcgi;
 mod cli;

@@ -43,6 +43,9 @@ pub enum PythonError {
         /// Python type of what was found.
         type_name: String,
     },
+    /// The ASGI event loop or the app's lifespan startup failed.
+    #[error("{0}")]
+    Startup(String),
     /// Python raised while doing `context`; `traceback` is the formatted exception.
     #[error("{context} failed:\n{traceback}")]
     Python {

@@ -14,6 +14,7 @@
 #![allow(clippy::unused_self)]
 
 pub mod app;
+pub mod asgi;
 mod error;
 pub mod interp;
 mod log_stream;
@@ -48,9 +49,30 @@ pub struct AppBinding {
 /// Serves requests with a WSGI application on a [`WorkerPool`].
 pub struct PythonHandler {
     jobs: Arc<JobQueue>,
+    admission: Admission,
+}
+
+/// What answers a request before it reaches the app (WSGI or ASGI): another IIS
+/// application's request, `app_offline.htm`, a body over `--max-body-size`.
+pub struct Admission {
     max_body_size: u64,
     root: OnceLock<PathBuf>,
     on_root: Option<OnRoot>,
+}
+
+impl Admission {
+    /// Binds to `binding` and refuses bodies over `max_body_size`.
+    pub fn new(binding: AppBinding, max_body_size: u64) -> Self {
+        let root = OnceLock::new();
+        if let Some(r) = binding.root {
+            let _ = root.set(r);
+        }
+        Self {
+            max_body_size,
+            root,
+            on_root: binding.on_root,
+        }
+    }
 }
 
 impl PythonHandler {
@@ -62,26 +84,16 @@ impl PythonHandler {
         binding: AppBinding,
     ) -> std::io::Result<(Self, WorkerPool)> {
         let jobs = Arc::new(JobQueue::new(threads));
-        let max_body_size = cfg.max_body_size;
+        let admission = Admission::new(binding, cfg.max_body_size);
         let pool = WorkerPool::start(threads, &jobs, &Arc::new(Mutex::new(app)), &Arc::new(cfg))?;
-        let root = OnceLock::new();
-        if let Some(r) = binding.root {
-            let _ = root.set(r);
-        }
-        Ok((
-            Self {
-                jobs,
-                max_body_size,
-                root,
-                on_root: binding.on_root,
-            },
-            pool,
-        ))
+        Ok((Self { jobs, admission }, pool))
     }
+}
 
+impl Admission {
     /// Answers here, without Python, when the request must not reach the app: another IIS
     /// application's request, the site is offline, or the body is too large.
-    fn refusal(&self, request: &Request) -> Option<Bytes> {
+    pub fn refusal(&self, request: &Request) -> Option<Bytes> {
         if let Some(phys) = request
             .params
             .get_str("APPL_PHYSICAL_PATH")
@@ -152,7 +164,7 @@ impl Handler for PythonHandler {
     async fn handle(&self, request: Request, mut response: ResponseWriter) {
         // The rest of a refused request's body is read and discarded by the connection,
         // keeping it in sync.
-        if let Some(page) = self.refusal(&request) {
+        if let Some(page) = self.admission.refusal(&request) {
             drop(request);
             if response.write(page).await.is_ok() {
                 let _ = response.end(0).await;
@@ -170,7 +182,7 @@ impl Handler for PythonHandler {
         response: ResponseWriter,
     ) -> Result<(), (Request, ResponseWriter)> {
         // Refusals write their page from a task; everything else is queued right here.
-        if let Some(page) = self.refusal(&request) {
+        if let Some(page) = self.admission.refusal(&request) {
             drop(request);
             let mut response = response;
             tokio::spawn(async move {

@@ -230,7 +230,7 @@ fn is_tchar(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 
-fn validate_status(status: &str) -> PyResult<()> {
+pub(crate) fn validate_status(status: &str) -> PyResult<()> {
     let bytes = status.as_bytes();
     let code_ok = bytes.len() >= 3 && bytes[..3].iter().all(u8::is_ascii_digit) && bytes[0] != b'0';
     let rest_ok = bytes.len() == 3 || bytes.get(3) == Some(&b' ');
@@ -247,7 +247,7 @@ fn validate_status(status: &str) -> PyResult<()> {
     Ok(())
 }
 
-fn validate_header(name: &str, value: &str) -> PyResult<()> {
+pub(crate) fn validate_header(name: &str, value: &str) -> PyResult<()> {
     if name.is_empty() || !name.chars().all(is_tchar) {
         return Err(PyValueError::new_err(format!(
             "invalid header name {name:?}: it must be an HTTP token"

@@ -1,0 +1,166 @@
+# pyfcgi's ASGI 3.0 glue, run on the event-loop thread (crates/python/src/asgi/mod.rs).
+#
+# Rust queues new requests and finished I/O (body chunks read, writes done) and writes a byte to
+# a socket this loop watches with add_reader; `_wake` drains the queue in one call. Each request
+# is one task running the app with `receive`/`send` that hand work to Rust and await a future
+# Rust resolves. No polling, and the loop thread is the only one here that holds the GIL.
+
+import asyncio
+import logging
+import traceback
+
+_log = logging.getLogger("pyfcgi.asgi")
+
+
+def install(loop, bridge, app, state, mode):
+    """Registers the wake-up reader and starts the lifespan (`mode`: auto, on or off)."""
+    stop = asyncio.Event()
+
+    def settle(fut, value, failed):
+        if fut.done():
+            return
+        if failed:
+            fut.set_exception(OSError(value))
+        else:
+            fut.set_result(value)
+
+    def wake():
+        new, done, stopping = bridge.drain()
+        if stopping:
+            stop.set()
+        for fut, value, failed in done:
+            settle(fut, value, failed)
+        for conn, scope in new:
+            scope["state"] = dict(state)
+            loop.create_task(run(conn, scope))
+
+    async def run(conn, scope):
+        started = False
+        finished = False
+
+        async def receive():
+            fut = loop.create_future()
+            conn.read(fut)
+            return await fut
+
+        async def send(message):
+            nonlocal started, finished
+            kind = message["type"]
+            if kind == "http.response.start":
+                if started:
+                    raise RuntimeError("ASGI: http.response.start sent twice")
+                if message.get("trailers"):
+                    raise RuntimeError(
+                        "ASGI: response trailers are not supported over FastCGI "
+                        "(the http.response.trailers extension is not advertised)"
+                    )
+                started = True
+                fut = loop.create_future()
+                conn.start(int(message["status"]), list(message.get("headers") or ()), fut)
+                await fut
+            elif kind == "http.response.body":
+                if not started:
+                    raise RuntimeError("ASGI: http.response.body sent before http.response.start")
+                if finished:
+                    raise RuntimeError("ASGI: http.response.body sent after the response ended")
+                more = bool(message.get("more_body", False))
+                body = message.get("body", b"")
+                if not isinstance(body, (bytes, bytearray, memoryview)):
+                    raise TypeError(
+                        "ASGI: http.response.body's body must be bytes, not %s" % type(body).__name__
+                    )
+                if not more:
+                    finished = True
+                fut = loop.create_future()
+                conn.body(bytes(body), more, fut)
+                await fut
+            else:
+                raise RuntimeError("ASGI: unexpected message type %r in an http scope" % (kind,))
+
+        try:
+            await app(scope, receive, send)
+        except BaseException as e:  # the app's failure, or the task cancelled at shutdown
+            conn.finish(started, "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+            if not isinstance(e, Exception):
+                raise
+            return
+        if finished:
+            conn.finish(True, None)
+        elif started:
+            conn.finish(True, "the application returned before the response body was complete")
+        else:
+            conn.finish(False, "the application returned without sending a response")
+
+    loop.add_reader(bridge.fileno(), wake)
+
+    async def main():
+        try:
+            if mode == "off":
+                bridge.lifespan("startup", True, "off")
+                await stop.wait()
+                bridge.lifespan("shutdown", True, "off")
+            else:
+                await lifespan(stop)
+        finally:
+            loop.remove_reader(bridge.fileno())
+            loop.stop()
+
+    async def lifespan(events):
+        """Runs the lifespan protocol: startup now; shutdown when `events` says so.
+
+        Reports to Rust through `bridge.lifespan(stage, ok, message)`."""
+        to_app = asyncio.Queue()
+        outcome = {}
+        waiter = {"fut": loop.create_future()}
+
+        async def receive():
+            return await to_app.get()
+
+        async def send(message):
+            kind = message["type"]
+            outcome[kind] = message.get("message", "")
+            if not waiter["fut"].done():
+                waiter["fut"].set_result(kind)
+
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
+                 "state": state}
+        task = loop.create_task(app(scope, receive, send))
+
+        def task_done(t):
+            if not waiter["fut"].done():
+                exc = None if t.cancelled() else t.exception()
+                waiter["fut"].set_result(("raised", exc))
+
+        task.add_done_callback(task_done)
+        await to_app.put({"type": "lifespan.startup"})
+        got = await waiter["fut"]
+        if isinstance(got, tuple):
+            exc = got[1]
+            if mode == "on":
+                bridge.lifespan("startup", False, "the application does not support lifespan: %s"
+                                % ("".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                                   if exc else "it returned at once"))
+                return
+            _log.info("lifespan not supported by the application (--lifespan auto): %r", exc)
+            bridge.lifespan("startup", True, "unsupported")
+            await events.wait()
+            bridge.lifespan("shutdown", True, "unsupported")
+            return
+        if got == "lifespan.startup.failed":
+            bridge.lifespan("startup", False, outcome.get(got) or "lifespan.startup.failed")
+            return
+        bridge.lifespan("startup", True, "")
+        await events.wait()
+        waiter["fut"] = loop.create_future()
+        await to_app.put({"type": "lifespan.shutdown"})
+        got = await waiter["fut"]
+        if isinstance(got, tuple):
+            exc = got[1]
+            bridge.lifespan("shutdown", exc is None, "".join(
+                traceback.format_exception(type(exc), exc, exc.__traceback__)) if exc else "")
+        elif got == "lifespan.shutdown.failed":
+            bridge.lifespan("shutdown", False, outcome.get(got) or "lifespan.shutdown.failed")
+        else:
+            bridge.lifespan("shutdown", True, "")
+
+    loop.create_task(main())

@@ -1,0 +1,118 @@
+"""ASGI conformance probe for tests/it/asgi.rs: each path exercises one rule of the spec."""
+
+import asyncio
+import hashlib
+import json
+import os
+
+LIFESPAN = []
+LOG = os.environ.get("ASGI_TEST_LOG")
+
+
+def note(text):
+    if LOG:
+        with open(LOG, "a") as f:
+            f.write(text + "\n")
+
+
+async def read_body(receive):
+    chunks, total = [], 0
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        m = await receive()
+        assert m["type"] == "http.request", m
+        h.update(m.get("body", b""))
+        total += len(m.get("body", b""))
+        n += 1
+        if not m.get("more_body", False):
+            return total, h.hexdigest(), n
+
+
+async def start(send, status=200, headers=((b"content-type", b"text/plain"),)):
+    await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            LIFESPAN.append(m["type"])
+            note(m["type"])
+            if m["type"] == "lifespan.startup":
+                if os.environ.get("ASGI_FAIL_STARTUP"):
+                    await send({"type": "lifespan.startup.failed", "message": "no database (test)"})
+                    return
+                scope["state"]["greeting"] = "hi from lifespan"
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    if path == "/scope":
+        body = {k: (v.decode("latin-1") if isinstance(v, bytes) else v)
+                for k, v in scope.items() if k not in ("headers", "state")}
+        body["headers"] = [[k.decode(), v.decode()] for k, v in scope["headers"]]
+        body["state"] = scope["state"].get("greeting")
+        body["lifespan"] = LIFESPAN
+        data = json.dumps(body).encode()
+        await start(send, headers=[(b"content-type", b"application/json")])
+        await send({"type": "http.response.body", "body": data})
+    elif path == "/upload":
+        total, digest, n = await read_body(receive)
+        await start(send)
+        await send({"type": "http.response.body", "body": b"size=%d sha256=%s" % (total, digest.encode())})
+    elif path == "/stream":
+        await read_body(receive)
+        await start(send)
+        for i in range(5):
+            await send({"type": "http.response.body", "body": b"event %d\n" % i, "more_body": True})
+            await asyncio.sleep(0.2)
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/forever":
+        # Streams until the client goes away; records that it saw http.disconnect.
+        await read_body(receive)
+        await start(send)
+        disconnected = asyncio.Event()
+
+        async def watch():
+            m = await receive()
+            if m["type"] == "http.disconnect":
+                note("disconnect seen")
+                disconnected.set()
+
+        asyncio.get_running_loop().create_task(watch())
+        i = 0
+        while not disconnected.is_set():
+            try:
+                await send({"type": "http.response.body", "body": b"x" * 1024 + b"\n", "more_body": True})
+            except OSError:
+                note("send failed after disconnect")
+                break
+            i += 1
+            await asyncio.sleep(0.01)
+    elif path == "/start-twice":
+        await start(send)
+        await start(send)
+    elif path == "/body-before-start":
+        await send({"type": "http.response.body", "body": b"early"})
+    elif path == "/raise-before":
+        raise RuntimeError("raised before start")
+    elif path == "/raise-after":
+        await start(send)
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise RuntimeError("raised after the first chunk")
+    elif path == "/empty":
+        await start(send, status=204, headers=[])
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/head":
+        await start(send, headers=[(b"content-type", b"text/plain"), (b"content-length", b"4")])
+        await send({"type": "http.response.body", "body": b"body"})
+    elif path == "/bad-header":
+        await start(send, headers=[(b"x-evil", b"a\r\nset-cookie: owned=1")])
+        await send({"type": "http.response.body", "body": b"never"})
+    elif path == "/no-response":
+        return
+    else:
+        await start(send, status=404)
+        await send({"type": "http.response.body", "body": b"not found"})

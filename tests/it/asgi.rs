@@ -1,0 +1,260 @@
+//! ASGI 3 through real nginx: the conformance probe (tests/apps/asgi_conformance.py) served by
+//! `pyfcgi serve` (interface auto-detected) on a Unix socket, nginx in front. Checks the scope,
+//! lifespan order, streamed uploads and responses, disconnects, and the spec's error rules.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::support::{Nginx, Server, TempDir, http, serve_command};
+
+fn app_spec() -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/asgi_conformance.py");
+    format!("{}:app", p.display())
+}
+
+struct Stack {
+    server: Server,
+    nginx: Nginx,
+    dir: TempDir,
+}
+
+impl Stack {
+    fn start(extra_env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("asgi");
+        let sock = dir.path().join("pyfcgi.sock");
+        let mut cmd = serve_command(&[&app_spec()]);
+        cmd.arg("--bind")
+            .arg(format!("unix:{}", sock.display()))
+            .env("ASGI_TEST_LOG", dir.path().join("app.log"))
+            .stdin(Stdio::null());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let server = Server::from_command(cmd, None);
+        let upstream = format!("upstream pyfcgi {{ server {}; keepalive 4; }}", server.addr);
+        let params = Nginx::fastcgi_params();
+        let nginx = Nginx::start(
+            &upstream,
+            &format!(
+                "location / {{ {params} fastcgi_keep_conn on; fastcgi_buffering off; \
+                 fastcgi_request_buffering off; client_max_body_size 100m; fastcgi_pass pyfcgi; }}"
+            ),
+        );
+        Self { server, nginx, dir }
+    }
+
+    fn get(&self, path: &str) -> (u16, String, Vec<u8>) {
+        http(self.nginx.port, "GET", path, &[("X-Test", "yes")], b"")
+    }
+
+    fn app_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("app.log")).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- pyfcgi:\n{}\n--- nginx:\n{}\n--- app:\n{}",
+            self.server.log(),
+            self.nginx.error_log(),
+            self.app_log()
+        )
+    }
+}
+
+#[test]
+fn the_scope_has_the_request_and_the_lifespan_state() {
+    let s = Stack::start(&[]);
+    let (status, _, body) = s.get("/scope?a=1&b=%20");
+    assert_eq!(status, 200, "{}", s.logs());
+    let body = String::from_utf8_lossy(&body).into_owned();
+    for want in [
+        r#""type": "http""#,
+        r#""version": "3.0""#,
+        r#""path": "/scope""#,
+        r#""raw_path": "/scope""#,
+        r#""query_string": "a=1&b=%20""#,
+        r#""root_path": """#,
+        r#""method": "GET""#,
+        r#""scheme": "http""#,
+        r#""http_version": "1.1""#,
+        r#"["x-test", "yes"]"#,
+        r#""state": "hi from lifespan""#,
+        r#""lifespan": ["lifespan.startup"]"#,
+    ] {
+        assert!(body.contains(want), "no {want} in {body}");
+    }
+    assert!(
+        s.server.log().contains("serving an ASGI application"),
+        "{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn a_20_mb_upload_streams_through_receive() {
+    let s = Stack::start(&[]);
+    let data: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let (status, _, body) = http(s.nginx.port, "POST", "/upload", &[], &data);
+    let digest = {
+        let out = std::process::Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(&data)?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(status, 200, "{}", s.logs());
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("size={} sha256={digest}", data.len())
+    );
+}
+
+#[test]
+fn streamed_chunks_arrive_separately() {
+    let s = Stack::start(&[]);
+    let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut all = Vec::new();
+    while let Ok(n) = c.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&all).into_owned();
+        for i in 0..5 {
+            let marker = format!("event {i}\n");
+            if text.contains(&marker) && seen.len() == i {
+                seen.push(t0.elapsed());
+            }
+        }
+    }
+    assert_eq!(seen.len(), 5, "{}", String::from_utf8_lossy(&all));
+    // The app sleeps 200 ms between events: they must not arrive in one lump.
+    assert!(
+        seen[4] - seen[0] >= Duration::from_millis(500),
+        "events arrived together: {seen:?}"
+    );
+}
+
+#[test]
+fn a_client_that_leaves_makes_receive_say_disconnect() {
+    let s = Stack::start(&[]);
+    let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+    c.write_all(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 8192];
+    let _ = c.read(&mut buf).unwrap();
+    drop(c);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) && !s.app_log().contains("disconnect seen") {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s.app_log().contains("disconnect seen"), "{}", s.logs());
+    // The server is still healthy.
+    assert_eq!(s.get("/scope").0, 200);
+}
+
+#[test]
+fn spec_violations_and_exceptions_are_500_before_start_and_truncation_after() {
+    let s = Stack::start(&[]);
+    for path in [
+        "/start-twice",
+        "/body-before-start",
+        "/raise-before",
+        "/bad-header",
+        "/no-response",
+    ] {
+        let (status, headers, body) = s.get(path);
+        assert_eq!(status, 500, "{path}: {}", s.logs());
+        assert!(
+            !String::from_utf8_lossy(&body).contains("Traceback"),
+            "{path} leaked a traceback"
+        );
+        assert!(
+            !headers.to_ascii_lowercase().contains("owned"),
+            "{path}: {headers}"
+        );
+    }
+    let log = s.server.log();
+    for want in [
+        "http.response.start sent twice",
+        "http.response.body sent before http.response.start",
+        "raised before start",
+        "not allowed",
+        "without sending a response",
+    ] {
+        assert!(log.contains(want), "no {want:?} in the log:\n{log}");
+    }
+    // After the first chunk the status is out: the response is cut short, the error logged.
+    let (status, _, body) = s.get("/raise-after");
+    assert_eq!(status, 200);
+    assert_eq!(body, b"partial");
+    assert!(s.server.log().contains("raised after the first chunk"));
+}
+
+#[test]
+fn empty_bodies_and_head_requests_send_no_body() {
+    let s = Stack::start(&[]);
+    let (status, _, body) = s.get("/empty");
+    assert_eq!((status, body.len()), (204, 0), "{}", s.logs());
+    let (status, headers, body) = http(s.nginx.port, "HEAD", "/head", &[], b"");
+    assert_eq!(status, 200, "{}", s.logs());
+    assert!(body.is_empty());
+    assert!(
+        headers.to_ascii_lowercase().contains("content-length: 4"),
+        "{headers}"
+    );
+}
+
+#[test]
+fn lifespan_shutdown_runs_on_sigterm_after_startup() {
+    let s = Stack::start(&[]);
+    assert_eq!(s.get("/scope").0, 200);
+    let pid = s.server.pid();
+    crate::support::kill(pid, libc::SIGTERM);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) && !s.app_log().contains("lifespan.shutdown") {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        s.app_log().lines().collect::<Vec<_>>(),
+        ["lifespan.startup", "lifespan.shutdown"],
+        "{}",
+        s.logs()
+    );
+    assert!(
+        s.server.log().contains("lifespan shutdown complete"),
+        "{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn a_failed_lifespan_startup_is_diagnosed_and_answers_500() {
+    let s = Stack::start(&[("ASGI_FAIL_STARTUP", "1")]);
+    assert!(
+        s.server
+            .log()
+            .contains("lifespan startup failed: no database (test)"),
+        "{}",
+        s.logs()
+    );
+    assert_eq!(s.get("/scope").0, 500, "{}", s.logs());
+}
