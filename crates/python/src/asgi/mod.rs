@@ -572,7 +572,7 @@ async fn drive(
 ) {
     let mut response = Some(response);
     let mut pending_read: Option<Py<PyAny>> = None;
-    let mut pending_head: Option<Vec<u8>> = None;
+    let mut held_head: Option<Vec<u8>> = None;
     let mut body_sent = false;
     let mut body_done = false;
     let mut gone = false;
@@ -600,7 +600,7 @@ async fn drive(
                         // Kept until the first body piece, so that an error before any body
                         // still becomes a 500, and head and body leave in one write.
                         Ok(head) if response.is_some() => {
-                            pending_head = Some(head);
+                            held_head = Some(head);
                             shared.finish(fut, Outcome::Done);
                         }
                         Ok(_) => shared.finish(fut, Outcome::Failed("the response has already ended".into())),
@@ -616,7 +616,7 @@ async fn drive(
                             data = Bytes::new();
                         }
                         let mut ok = true;
-                        if let Some(head) = pending_head.take() {
+                        if let Some(head) = held_head.take() {
                             let mut first = head;
                             first.extend_from_slice(&data);
                             data = Bytes::from(first);
@@ -644,7 +644,7 @@ async fn drive(
                             error!("ASGI application error: {e}");
                         }
                         if let Some(mut r) = response.take() {
-                            match pending_head.take() {
+                            match held_head.take() {
                                 // Nothing sent yet: an error is still a 500.
                                 _ if error.is_some() && !body_sent => {
                                     let _ = write_error(r).await;
