@@ -712,6 +712,8 @@ mod tests {
 
     #[test]
     fn the_head_has_a_status_line_and_refuses_header_injection() {
+        // The validators' messages are Python exceptions, turned into text here.
+        pyo3::Python::initialize();
         let head =
             response_head(200, &[(b"content-type".to_vec(), b"text/plain".to_vec())]).unwrap();
         assert_eq!(head, b"Status: 200 OK\r\ncontent-type: text/plain\r\n\r\n");
