@@ -230,7 +230,9 @@ fn lifespan_shutdown_runs_on_sigterm_after_startup() {
     let pid = s.server.pid();
     crate::support::kill(pid, libc::SIGTERM);
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) && !s.app_log().contains("lifespan.shutdown") {
+    while t0.elapsed() < Duration::from_secs(10)
+        && !s.server.log().contains("lifespan shutdown complete")
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(

@@ -12,6 +12,7 @@ mod asgi;
 mod bench;
 mod cgi_fcgi;
 mod cli;
+mod fastapi;
 mod hostile;
 mod iis_cli;
 mod iis_lifecycle;
