@@ -14,23 +14,6 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn venv() -> String {
-    if let Ok(v) = std::env::var("PYFCGI_VENV")
-        && Path::new(&v).join("bin/python").exists()
-    {
-        return v;
-    }
-    let out = Command::new(repo().join("scripts/setup-python"))
-        .output()
-        .expect("run scripts/setup-python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 struct Stack {
     server: Server,
     nginx: Nginx,
@@ -45,8 +28,8 @@ impl Stack {
             "{}:app",
             repo().join("examples/fastapi_app/main.py").display()
         );
-        let venv = venv();
-        let mut cmd = serve_command(&[&spec, "--venv", &venv]);
+        let venv = crate::python_nginx::venv();
+        let mut cmd = serve_command(&[&spec, "--venv", venv]);
         cmd.arg("--bind")
             .arg(format!("unix:{}", sock.display()))
             .stdin(Stdio::null());
@@ -262,7 +245,7 @@ fn fastapi_under_the_iis_emulation_from_web_config() {
         dir.path().join("main.py"),
     )
     .unwrap();
-    let venv = venv();
+    let venv = crate::python_nginx::venv();
     std::fs::write(
         dir.path().join("web.config"),
         format!(

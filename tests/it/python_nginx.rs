@@ -22,7 +22,7 @@ fn repo() -> &'static Path {
 }
 
 /// The venv with Flask and Django: `$PYFCGI_VENV`, or whatever `scripts/setup-python` prints.
-fn venv() -> &'static str {
+pub(crate) fn venv() -> &'static str {
     static VENV: OnceLock<String> = OnceLock::new();
     VENV.get_or_init(|| {
         if let Ok(v) = std::env::var("PYFCGI_VENV")

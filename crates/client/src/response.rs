@@ -164,47 +164,11 @@ fn parse_status(value: &str) -> Result<(u16, String), HeadError> {
     let code: u16 = code.parse().map_err(|_| bad())?;
     let reason = reason.trim();
     let reason = if reason.is_empty() {
-        standard_reason(code).to_owned()
+        pyfcgi_proto::reason_phrase(code).to_owned()
     } else {
         reason.to_owned()
     };
     Ok((code, reason))
-}
-
-/// The reason phrase of common status codes (RFC 9110 §15), empty for others.
-fn standard_reason(code: u16) -> &'static str {
-    match code {
-        100 => "Continue",
-        101 => "Switching Protocols",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        206 => "Partial Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        410 => "Gone",
-        413 => "Content Too Large",
-        415 => "Unsupported Media Type",
-        422 => "Unprocessable Content",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "",
-    }
 }
 
 /// The first bytes of `out`, escaped, for an error message.

@@ -318,42 +318,13 @@ impl Conn {
     }
 }
 
-/// The reason phrase for `status` (the CGI `Status:` line wants one; clients ignore it).
-fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        206 => "Partial Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        415 => "Unsupported Media Type",
-        422 => "Unprocessable Content",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
-
 /// The CGI response head for `http.response.start`, or why it is invalid.
 fn response_head(status: u16, headers: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>, String> {
-    let line = format!("{status} {}", reason(status));
+    let reason = match pyfcgi_proto::reason_phrase(status) {
+        "" => "Status",
+        r => r,
+    };
+    let line = format!("{status} {reason}");
     if !(200..=999).contains(&status) {
         return Err(format!(
             "ASGI: status {status} is not a final HTTP status (200-599 expected)"
