@@ -3,6 +3,8 @@
 mod config;
 mod doctor;
 mod iis_cmd;
+#[cfg(feature = "python")]
+mod lazy;
 // Without Python, the helpers only the WSGI path uses (file watcher) are unused.
 #[cfg_attr(not(feature = "python"), allow(dead_code, unused_imports))]
 mod lifecycle;

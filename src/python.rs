@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use pyfcgi_iis::webconfig;
+use pyfcgi_proto::Params;
+use pyfcgi_python::AppState;
 use pyfcgi_python::app::AppSpec;
 use pyfcgi_python::interp::{self, InterpreterOptions};
-use pyfcgi_python::{AppState, DeferredLoader};
 use pyo3::Python;
 use pyo3::types::PyAnyMethods;
 use tracing::{error, info};
@@ -105,31 +106,36 @@ fn load_attached(
 /// A loader for the first request: reads the web.config appSettings of the request's
 /// `APPL_PHYSICAL_PATH` (WSGI_HANDLER, PYTHONPATH, PYFCGI_VENV, other keys into os.environ),
 /// changes into that folder as wfastcgi does, and imports the app.
-pub fn deferred(args: PythonArgs, env: Vec<(String, String)>) -> DeferredLoader {
+pub fn deferred(
+    args: PythonArgs,
+    env: Vec<(String, String)>,
+) -> Box<dyn FnOnce(&Params) -> AppState + Send> {
     Python::initialize();
-    Box::new(move |py, params| {
-        let Some(root) = params
-            .get_str("APPL_PHYSICAL_PATH")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-        else {
-            let detail = "no application to serve: give APP (or --app / --app-root), or run under IIS, which sends APPL_PHYSICAL_PATH so the app can be found through web.config's WSGI_HANDLER".to_owned();
-            log_failure(&detail);
-            return AppState::Failed { detail };
-        };
-        match load_from_web_config(py, &root, &args, &env) {
-            Ok((state, report)) => {
-                if matches!(state, AppState::Failed { .. }) {
-                    log_failure(&report);
-                }
-                state
-            }
-            Err(e) => {
-                let detail = format!("{e:#}");
+    Box::new(move |params| {
+        Python::attach(|py| {
+            let Some(root) = params
+                .get_str("APPL_PHYSICAL_PATH")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+            else {
+                let detail = "no application to serve: give APP (or --app / --app-root), or run under IIS, which sends APPL_PHYSICAL_PATH so the app can be found through web.config's WSGI_HANDLER".to_owned();
                 log_failure(&detail);
-                AppState::Failed { detail }
+                return AppState::Failed { detail };
+            };
+            match load_from_web_config(py, &root, &args, &env) {
+                Ok((state, report)) => {
+                    if matches!(state, AppState::Failed { .. }) {
+                        log_failure(&report);
+                    }
+                    state
+                }
+                Err(e) => {
+                    let detail = format!("{e:#}");
+                    log_failure(&detail);
+                    AppState::Failed { detail }
+                }
             }
-        }
+        })
     })
 }
 

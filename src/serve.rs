@@ -482,10 +482,14 @@ fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<Serv
             info!(
                 "no application given: it will be loaded on the first request from the web.config in APPL_PHYSICAL_PATH (IIS)"
             );
-            AppState::Deferred(crate::python::deferred(
-                python.clone(),
-                args.app_env.clone(),
-            ))
+            let plan = crate::lazy::Plan {
+                load: crate::python::deferred(python.clone(), args.app_env.clone()),
+                interface: args.interface,
+                asgi: asgi_config(&args),
+                threads,
+                wsgi: cfg,
+            };
+            return serve_lazy(rt, args, plan, restart_regex, watchers, shutdown);
         }
     };
     let watch_root = args.app_root.clone().or_else(|| {
@@ -552,7 +556,7 @@ fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<Serv
 
 /// The app to serve with ASGI, per `--interface`.
 #[cfg(feature = "python")]
-fn asgi_app(app: &AppState, interface: Interface) -> Option<pyo3::Py<pyo3::PyAny>> {
+pub(crate) fn asgi_app(app: &AppState, interface: Interface) -> Option<pyo3::Py<pyo3::PyAny>> {
     let AppState::Loaded(obj) = app else {
         return None;
     };
@@ -577,8 +581,13 @@ fn start_asgi(
     obj: pyo3::Py<pyo3::PyAny>,
     args: &ServeArgs,
 ) -> Result<pyfcgi_python::asgi::AsgiHost, String> {
-    use pyfcgi_python::asgi::{AsgiConfig, AsgiHost, Lifespan, LoopKind};
-    let cfg = AsgiConfig {
+    pyfcgi_python::asgi::AsgiHost::start(obj, asgi_config(args)).map_err(|e| e.to_string())
+}
+
+#[cfg(feature = "python")]
+fn asgi_config(args: &ServeArgs) -> pyfcgi_python::asgi::AsgiConfig {
+    use pyfcgi_python::asgi::{AsgiConfig, Lifespan, LoopKind};
+    AsgiConfig {
         script_name: args.script_name.clone(),
         url_scheme: args.url_scheme.clone(),
         lifespan: match args.lifespan {
@@ -591,8 +600,42 @@ fn start_asgi(
             LoopArg::Asyncio => LoopKind::Asyncio,
             LoopArg::Uvloop => LoopKind::Uvloop,
         },
+    }
+}
+
+/// Serves the app named by the first request's web.config (IIS without `--app-root`).
+#[cfg(feature = "python")]
+fn serve_lazy(
+    rt: &tokio::runtime::Runtime,
+    args: ServeArgs,
+    plan: crate::lazy::Plan,
+    restart_regex: Option<String>,
+    watchers: WatcherSlot,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ServeOutcome> {
+    // The watcher starts once the first request names the folder.
+    let on_root: Option<pyfcgi_python::OnRoot> = restart_regex.map(|regex| {
+        let (watchers, shutdown) = (watchers.clone(), shutdown.clone());
+        Box::new(move |root: &Path| watchers.start(root, &regex, shutdown.clone()))
+            as pyfcgi_python::OnRoot
+    });
+    let binding = AppBinding {
+        root: None,
+        on_root,
     };
-    AsgiHost::start(obj, cfg).map_err(|e| e.to_string())
+    let grace = std::time::Duration::from_secs_f64(args.graceful_timeout.max(1.0));
+    let (lazy, finisher) = crate::lazy::LazyApp::new(binding, args.max_body_size, plan);
+    let handler = Arc::new(MaxRequests::new(lazy, args.max_requests, shutdown.clone()));
+    let outcome = rt.block_on(serve_async(args, Arc::clone(&handler), shutdown));
+    drop(handler);
+    drop(watchers);
+    if matches!(
+        outcome,
+        Ok(ServeOutcome::Drained | ServeOutcome::StreamClosed)
+    ) {
+        finisher.finish(grace);
+    }
+    outcome
 }
 
 /// Serves an ASGI app until shutdown, then runs its lifespan shutdown.

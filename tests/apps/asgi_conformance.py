@@ -113,6 +113,39 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": b"never"})
     elif path == "/no-response":
         return
+    elif path == "/two-readers":
+        # Two receive() calls waiting at once (Starlette's disconnect listener beside a body
+        # reader): both are answered, here with http.disconnect once the response is done.
+        await read_body(receive)
+        loop = asyncio.get_running_loop()
+        readers = [loop.create_task(receive()), loop.create_task(receive())]
+        await asyncio.sleep(0.05)
+        await start(send)
+        await send({"type": "http.response.body", "body": b"two readers"})
+        got = await asyncio.wait_for(asyncio.gather(*readers), 5)
+        note("two readers: " + " ".join(m["type"] for m in got))
+    elif path == "/pathsend":
+        # The file named by ASGI_TEST_FILE, handed over with the pathsend extension.
+        assert "http.response.pathsend" in scope["extensions"], scope["extensions"]
+        name = os.environ["ASGI_TEST_FILE"]
+        size = os.path.getsize(name)
+        await start(send, headers=[(b"content-type", b"application/octet-stream"),
+                                   (b"content-length", str(size).encode())])
+        await send({"type": "http.response.pathsend", "path": name})
+    elif path == "/pathsend-missing":
+        await start(send)
+        await send({"type": "http.response.pathsend", "path": "/nonexistent/pyfcgi-test-file"})
+    elif path == "/flood":
+        # 200 MB in 64 KiB pieces as fast as send() lets it; notes the total every 1 MiB, so
+        # a client that reads nothing shows whether send() waits (backpressure).
+        await read_body(receive)
+        await start(send)
+        piece = b"f" * 65536
+        for i in range(3200):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            if i % 16 == 15:
+                note("flood sent %d" % ((i + 1) * len(piece)))
+        await send({"type": "http.response.body", "body": b""})
     else:
         await start(send, status=404)
         await send({"type": "http.response.body", "body": b"not found"})

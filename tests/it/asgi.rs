@@ -73,6 +73,7 @@ fn the_scope_has_the_request_and_the_lifespan_state() {
     for want in [
         r#""type": "http""#,
         r#""version": "3.0""#,
+        r#""spec_version": "2.4""#,
         r#""path": "/scope""#,
         r#""raw_path": "/scope""#,
         r#""query_string": "a=1&b=%20""#,
@@ -83,6 +84,7 @@ fn the_scope_has_the_request_and_the_lifespan_state() {
         r#"["x-test", "yes"]"#,
         r#""state": "hi from lifespan""#,
         r#""lifespan": ["lifespan.startup"]"#,
+        r#""extensions": {"http.response.pathsend": {}}"#,
     ] {
         assert!(body.contains(want), "no {want} in {body}");
     }
@@ -259,4 +261,96 @@ fn a_failed_lifespan_startup_is_diagnosed_and_answers_500() {
         s.logs()
     );
     assert_eq!(s.get("/scope").0, 500, "{}", s.logs());
+}
+
+#[test]
+fn pathsend_streams_a_file_and_a_missing_one_is_a_500() {
+    let dir = TempDir::new("asgi-pathsend");
+    let file = dir.path().join("blob.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let s = Stack::start(&[("ASGI_TEST_FILE", file.to_str().unwrap())]);
+    let (status, headers, body) = s.get("/pathsend");
+    assert_eq!(status, 200, "{}", s.logs());
+    assert!(
+        body == data,
+        "got {} bytes, want {}",
+        body.len(),
+        data.len()
+    );
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-length: 3000000"),
+        "{headers}"
+    );
+    let (status, _, body) = http(s.nginx.port, "HEAD", "/pathsend", &[], b"");
+    assert_eq!((status, body.len()), (200, 0), "{}", s.logs());
+    let (status, _, _) = s.get("/pathsend-missing");
+    assert_eq!(status, 500, "{}", s.logs());
+    assert!(
+        s.server
+            .log()
+            .contains("pathsend cannot open /nonexistent/pyfcgi-test-file"),
+        "{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn two_waiting_receive_calls_are_both_answered() {
+    let s = Stack::start(&[]);
+    let (status, _, body) = s.get("/two-readers");
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"two readers"[..]),
+        "{}",
+        s.logs()
+    );
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) && !s.app_log().contains("two readers:") {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        s.app_log()
+            .contains("two readers: http.disconnect http.disconnect"),
+        "{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn send_waits_for_a_client_that_does_not_read() {
+    let s = Stack::start(&[]);
+    let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+    c.write_all(b"GET /flood HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let sent = || {
+        s.app_log()
+            .lines()
+            .filter_map(|l| l.strip_prefix("flood sent "))
+            .filter_map(|n| n.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    // Reading nothing for 2 s: the app may only fill the socket buffers and the window.
+    std::thread::sleep(Duration::from_secs(2));
+    let stalled = sent();
+    assert!(
+        stalled < 48 << 20,
+        "the app sent {stalled} bytes to a client that reads nothing"
+    );
+    // Now read it all: every byte arrives.
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => panic!("reading the flood: {e} after {total} bytes\n{}", s.logs()),
+        }
+    }
+    assert!(total >= 3200 * 65536, "only {total} bytes\n{}", s.logs());
+    assert_eq!(sent(), 3200 * 65536);
 }

@@ -14,20 +14,24 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-struct Stack {
-    server: Server,
-    nginx: Nginx,
+/// An example app served by `pyfcgi serve` on a Unix socket, behind nginx (also used by
+/// the Starlette tests).
+pub(crate) struct Stack {
+    pub(crate) server: Server,
+    pub(crate) nginx: Nginx,
     _dir: TempDir,
 }
 
 impl Stack {
     fn start() -> Self {
-        let dir = TempDir::new("fastapi");
+        Self::example("examples/fastapi_app/main.py")
+    }
+
+    /// Serves `path` (relative to the repository), attribute `app`.
+    pub(crate) fn example(path: &str) -> Self {
+        let dir = TempDir::new("asgi-example");
         let sock = dir.path().join("pyfcgi.sock");
-        let spec = format!(
-            "{}:app",
-            repo().join("examples/fastapi_app/main.py").display()
-        );
+        let spec = format!("{}:app", repo().join(path).display());
         let venv = crate::python_nginx::venv();
         let mut cmd = serve_command(&[&spec, "--venv", venv]);
         cmd.arg("--bind")
@@ -41,7 +45,7 @@ impl Stack {
             &format!(
                 "location / {{ {params} fastcgi_keep_conn on; fastcgi_pass pyfcgi; \
                  client_max_body_size 100m; }}
-                 location = /sse {{ {params} fastcgi_keep_conn on; fastcgi_buffering off;
+                 location ~ ^/(sse|ticks)$ {{ {params} fastcgi_keep_conn on; fastcgi_buffering off;
                                    fastcgi_pass pyfcgi; }}"
             ),
         );
@@ -53,7 +57,7 @@ impl Stack {
         }
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         format!(
             "--- pyfcgi:\n{}\n--- nginx:\n{}",
             self.server.log(),
@@ -61,7 +65,7 @@ impl Stack {
         )
     }
 
-    fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.server.pid()))
             .unwrap_or_default();
         status
@@ -256,34 +260,40 @@ fn fastapi_under_the_iis_emulation_from_web_config() {
     .unwrap();
     let root = dir.path().display().to_string();
     let exe = crate::support::pyfcgi();
-    let out = Command::new(exe)
-        .args([
-            "request",
-            "--timeout",
-            "30",
-            "--spawn",
-            "--iis",
-            "-s",
-            "--repeat",
-            "2",
-        ])
-        .arg("--param")
-        .arg(format!("APPL_PHYSICAL_PATH={root}/"))
-        .args([
-            "--param",
-            "APPL_MD_PATH=/LM/W3SVC/1/ROOT/api",
-            "/api/hello?name=iis",
-            "--",
-        ])
-        .args([exe, "serve", "--app-root", &root])
-        .output()
-        .unwrap();
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    // root_path /api (from APPL_MD_PATH) is stripped by Starlette's router.
-    assert_eq!(
-        stdout.matches(r#"{"message":"Hello, iis!"}"#).count(),
-        2,
-        "{stdout}"
-    );
+    // With --app-root (what `pyfcgi iis enable` writes), and without: then the first
+    // request's APPL_PHYSICAL_PATH names the folder, and the app is loaded from it.
+    for serve in [&["serve", "--app-root", &root][..], &["serve"][..]] {
+        let out = Command::new(exe)
+            .args([
+                "request",
+                "--timeout",
+                "30",
+                "--spawn",
+                "--iis",
+                "-s",
+                "--repeat",
+                "2",
+            ])
+            .arg("--param")
+            .arg(format!("APPL_PHYSICAL_PATH={root}/"))
+            .args([
+                "--param",
+                "APPL_MD_PATH=/LM/W3SVC/1/ROOT/api",
+                "/api/hello?name=iis",
+                "--",
+            ])
+            .arg(exe)
+            .args(serve)
+            .output()
+            .unwrap();
+        let stdout = text(&out.stdout);
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{serve:?}: {stdout}\n{stderr}");
+        // root_path /api (from APPL_MD_PATH) is stripped by Starlette's router.
+        assert_eq!(
+            stdout.matches(r#"{"message":"Hello, iis!"}"#).count(),
+            2,
+            "{serve:?}: {stdout}\n{stderr}"
+        );
+    }
 }

@@ -19,5 +19,6 @@ mod iis_lifecycle;
 mod lifecycle;
 mod nginx;
 mod python_nginx;
+mod starlette;
 mod wheel;
 mod wsgi;

@@ -22,13 +22,13 @@ pub mod pool;
 pub mod wsgi;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use pyfcgi_server::{Handler, Request, ResponseWriter};
 
 pub use error::{PythonError, format_exception};
-pub use pool::{AppState, DeferredLoader, WorkerPool};
+pub use pool::{AppState, WorkerPool};
 pub use wsgi::WsgiConfig;
 
 use pool::{Job, JobQueue};
@@ -85,7 +85,7 @@ impl PythonHandler {
     ) -> std::io::Result<(Self, WorkerPool)> {
         let jobs = Arc::new(JobQueue::new(threads));
         let admission = Admission::new(binding, cfg.max_body_size);
-        let pool = WorkerPool::start(threads, &jobs, &Arc::new(Mutex::new(app)), &Arc::new(cfg))?;
+        let pool = WorkerPool::start(threads, &jobs, &Arc::new(app), &Arc::new(cfg))?;
         Ok((Self { jobs, admission }, pool))
     }
 }

@@ -3,12 +3,11 @@
 //! requests on the [`JobQueue`] and never touch Python.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use pyfcgi_proto::Params;
 use pyfcgi_server::{Request, ResponseWriter};
 use pyo3::prelude::*;
 use tracing::{debug, error};
@@ -215,11 +214,6 @@ impl<T> JobQueue<T> {
     }
 }
 
-/// Loads the application on the first request, from what that request says (under IIS the
-/// application's folder is only known from `APPL_PHYSICAL_PATH`). Runs on a worker with the
-/// GIL held; the result replaces the deferred state for every later request.
-pub type DeferredLoader = Box<dyn Fn(Python<'_>, &Params) -> AppState + Send + Sync>;
-
 /// What the workers run.
 pub enum AppState {
     /// The WSGI callable.
@@ -229,8 +223,6 @@ pub enum AppState {
         /// The full diagnosis (traceback, interpreter facts).
         detail: String,
     },
-    /// Not loaded yet: the first request's worker runs the loader.
-    Deferred(DeferredLoader),
 }
 
 /// The running pool; dropping it (after the handler) lets the threads finish.
@@ -243,7 +235,7 @@ impl WorkerPool {
     pub(crate) fn start(
         n: usize,
         rx: &Arc<JobQueue<Job>>,
-        app: &Arc<Mutex<AppState>>,
+        app: &Arc<AppState>,
         cfg: &Arc<WsgiConfig>,
     ) -> std::io::Result<Self> {
         let mut threads = Vec::with_capacity(n);
@@ -275,31 +267,15 @@ enum Resolved {
     Failed(String),
 }
 
-/// The app for this request, running a deferred loader first if needed. The slot's lock is
-/// taken without the GIL (another worker may hold the GIL while waiting for it).
-fn resolve(py: Python<'_>, slot: &Mutex<AppState>, params: &Params) -> Resolved {
-    let mut guard = loop {
-        match slot.try_lock() {
-            Ok(g) => break g,
-            Err(TryLockError::Poisoned(p)) => break p.into_inner(),
-            // Wait for the holder (a worker running the loader) without the GIL, then retry.
-            Err(TryLockError::WouldBlock) => py.detach(|| drop(slot.lock())),
-        }
-    };
-    if let AppState::Deferred(loader) = &*guard {
-        let loaded = loader(py, params);
-        *guard = loaded;
-    }
-    match &*guard {
+/// The app for this request.
+fn resolve(py: Python<'_>, app: &AppState) -> Resolved {
+    match app {
         AppState::Loaded(app) => Resolved::App(app.clone_ref(py)),
         AppState::Failed { detail } => Resolved::Failed(detail.clone()),
-        AppState::Deferred(_) => {
-            Resolved::Failed("the application loader did not load anything".into())
-        }
     }
 }
 
-fn worker(me: usize, rx: &JobQueue<Job>, app: &Mutex<AppState>, cfg: &WsgiConfig) {
+fn worker(me: usize, rx: &JobQueue<Job>, app: &AppState, cfg: &WsgiConfig) {
     Python::attach(|py| {
         loop {
             // Wait without the GIL so other workers (and Python threads) run meanwhile.
@@ -308,7 +284,7 @@ fn worker(me: usize, rx: &JobQueue<Job>, app: &Mutex<AppState>, cfg: &WsgiConfig
             let Some(Job { request, response }) = job else {
                 break;
             };
-            match resolve(py, app, &request.params) {
+            match resolve(py, app) {
                 Resolved::App(app) => {
                     // A bug in pyfcgi must cost one request, not the worker thread: the
                     // response writer's Drop still ends the request for the web server.

@@ -110,6 +110,20 @@ impl BodyReceiver {
         self.map(msg)
     }
 
+    /// The next chunk if one has already arrived, without waiting: `None` when nothing is
+    /// there yet, else what [`Self::chunk`] would return.
+    pub fn try_chunk(&mut self) -> Option<Result<Option<Bytes>, BodyError>> {
+        if self.done {
+            return Some(Ok(None));
+        }
+        let msg = match self.rx.try_recv() {
+            Ok(msg) => Some(msg),
+            Err(mpsc::error::TryRecvError::Empty) => return None,
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        };
+        Some(self.map(msg))
+    }
+
     /// [`Self::chunk`] for a thread outside the runtime; blocks until a chunk arrives.
     pub fn blocking_chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
         if self.done {
@@ -398,5 +412,29 @@ impl Drop for ResponseWriter {
             let _ = out.push(RecordType::Stdout, id, &held, Some(end));
             out.writer_finished();
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn try_chunk_returns_what_has_arrived_without_waiting() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = BodyReceiver::new(rx);
+        assert!(body.try_chunk().is_none(), "nothing has arrived yet");
+        tx.try_send(BodyMsg::Data(Bytes::from_static(b"abc")))
+            .unwrap();
+        tx.try_send(BodyMsg::End).unwrap();
+        assert_eq!(body.try_chunk(), Some(Ok(Some(Bytes::from_static(b"abc")))));
+        assert_eq!(body.try_chunk(), Some(Ok(None)));
+        assert!(body.is_done());
+        assert_eq!(body.try_chunk(), Some(Ok(None)), "stays at the end");
+
+        let (tx, rx) = mpsc::channel(1);
+        let mut cut = BodyReceiver::new(rx);
+        drop(tx);
+        assert_eq!(cut.try_chunk(), Some(Err(BodyError::Incomplete)));
     }
 }

@@ -7,6 +7,7 @@
 
 import asyncio
 import logging
+import os
 import traceback
 
 _log = logging.getLogger("pyfcgi.asgi")
@@ -40,7 +41,10 @@ def install(loop, bridge, app, state, mode):
 
         async def receive():
             fut = loop.create_future()
-            conn.read(fut)
+            # The first body chunk is often there already: it comes back at once.
+            message = conn.read(fut)
+            if message is not None:
+                return message
             return await fut
 
         async def send(message):
@@ -54,10 +58,10 @@ def install(loop, bridge, app, state, mode):
                         "ASGI: response trailers are not supported over FastCGI "
                         "(the http.response.trailers extension is not advertised)"
                     )
+                # Validated here (an invalid status or header raises); the head goes out
+                # with the first body piece.
+                conn.start(int(message["status"]), list(message.get("headers") or ()))
                 started = True
-                fut = loop.create_future()
-                conn.start(int(message["status"]), list(message.get("headers") or ()), fut)
-                await fut
             elif kind == "http.response.body":
                 if not started:
                     raise RuntimeError("ASGI: http.response.body sent before http.response.start")
@@ -71,16 +75,30 @@ def install(loop, bridge, app, state, mode):
                     )
                 if not more:
                     finished = True
-                fut = loop.create_future()
-                conn.body(bytes(body), more, fut)
-                await fut
+                # None when the bytes fit in the connection's window; else a future that
+                # resolves once they are written (backpressure for a slow client).
+                fut = conn.body(bytes(body), more)
+                if fut is not None:
+                    await fut
+            elif kind == "http.response.pathsend":
+                if not started:
+                    raise RuntimeError("ASGI: http.response.pathsend sent before http.response.start")
+                if finished:
+                    raise RuntimeError("ASGI: http.response.pathsend sent after the response ended")
+                conn.pathsend(os.fspath(message["path"]))
+                finished = True
             else:
                 raise RuntimeError("ASGI: unexpected message type %r in an http scope" % (kind,))
 
         try:
             await app(scope, receive, send)
         except BaseException as e:  # the app's failure, or the task cancelled at shutdown
-            conn.finish(started, "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+            if conn.gone() and isinstance(e, Exception):
+                # The client left and the app stopped on it (send() raised OSError, which
+                # Starlette turns into ClientDisconnect): not an application error.
+                conn.finish(started, None, "%s: %s" % (type(e).__name__, e))
+            else:
+                conn.finish(started, "".join(traceback.format_exception(type(e), e, e.__traceback__)))
             if not isinstance(e, Exception):
                 raise
             return

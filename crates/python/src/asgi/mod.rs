@@ -74,18 +74,23 @@ pub struct AsgiConfig {
     pub loop_kind: LoopKind,
 }
 
+/// Response bytes a request may have accepted from `send()` and not yet written before
+/// `send()` starts waiting for the writes (backpressure): below it, `send()` returns at once.
+pub const SEND_WINDOW: usize = 64 * 1024;
+
 /// A step the app asked for, carried out by the request's task.
 enum Cmd {
     Read(Py<PyAny>),
-    Start {
-        head: Result<Vec<u8>, String>,
-        fut: Py<PyAny>,
-    },
+    /// The validated CGI head of `http.response.start`.
+    Start(Vec<u8>),
+    /// `http.response.body`; `fut` is resolved once written (`None`: `send()` did not wait).
     Body {
         data: Bytes,
         more: bool,
-        fut: Py<PyAny>,
+        fut: Option<Py<PyAny>>,
     },
+    /// `http.response.pathsend`: the file, already open, is the rest of the body.
+    PathSend(std::fs::File),
     Finish {
         started: bool,
         error: Option<String>,
@@ -108,6 +113,18 @@ struct Finished {
 struct NewRequest {
     params: Params,
     tx: UnboundedSender<Cmd>,
+    /// The first body chunk, when it had arrived before the request was queued.
+    first: Option<Outcome>,
+    link: Arc<Link>,
+}
+
+/// What a request's task and its `_Conn` share without a round trip.
+#[derive(Default)]
+struct Link {
+    /// Body bytes `send()` accepted without waiting that are not written yet.
+    unwritten: std::sync::atomic::AtomicUsize,
+    /// The client is gone: further `send()` calls raise.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -192,6 +209,8 @@ fn raw_fd(s: &WakeStream) -> u64 {
 struct Bridge {
     shared: Arc<Shared>,
     reader: WakeStream,
+    /// The event loop, for the futures `send()` waits on.
+    event_loop: Option<Py<PyAny>>,
 }
 
 #[pymethods]
@@ -222,28 +241,25 @@ impl Bridge {
         let new_list = PyList::empty(py);
         for r in new {
             let scope = scope::build(py, &r.params, &self.shared.cfg)?;
-            let conn = Py::new(py, Conn { tx: r.tx })?;
+            let first = r
+                .first
+                .map(|o| outcome_value(py, o).map(Bound::unbind))
+                .transpose()?;
+            let conn = Py::new(
+                py,
+                Conn {
+                    tx: r.tx,
+                    first,
+                    link: r.link,
+                    event_loop: self.event_loop.as_ref().map(|l| l.clone_ref(py)),
+                },
+            )?;
             new_list.append((conn, scope))?;
         }
         let done = PyList::empty(py);
         for f in finished {
-            let (value, failed): (Bound<'py, PyAny>, bool) = match f.outcome {
-                Outcome::Chunk(data, more) => {
-                    let d = PyDict::new(py);
-                    d.set_item("type", "http.request")?;
-                    d.set_item("body", PyBytes::new(py, &data))?;
-                    d.set_item("more_body", more)?;
-                    (d.into_any(), false)
-                }
-                Outcome::Disconnect => {
-                    let d = PyDict::new(py);
-                    d.set_item("type", "http.disconnect")?;
-                    (d.into_any(), false)
-                }
-                Outcome::Done => (py.None().into_bound(py), false),
-                Outcome::Failed(why) => (why.into_pyobject(py)?.into_any(), true),
-            };
-            done.append((f.fut, value, failed))?;
+            let failed = matches!(f.outcome, Outcome::Failed(_));
+            done.append((f.fut, outcome_value(py, f.outcome)?, failed))?;
         }
         Ok((new_list, done, stop).into_pyobject(py)?.into_any())
     }
@@ -259,62 +275,115 @@ impl Bridge {
     }
 }
 
+/// The Python value an outcome resolves a future with (`Failed`: the message).
+fn outcome_value(py: Python<'_>, outcome: Outcome) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match outcome {
+        Outcome::Chunk(data, more) => {
+            let d = PyDict::new(py);
+            d.set_item("type", "http.request")?;
+            d.set_item("body", PyBytes::new(py, &data))?;
+            d.set_item("more_body", more)?;
+            d.into_any()
+        }
+        Outcome::Disconnect => disconnect(py)?.into_any(),
+        Outcome::Done => py.None().into_bound(py),
+        Outcome::Failed(why) => why.into_pyobject(py)?.into_any(),
+    })
+}
+
+fn disconnect(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("type", "http.disconnect")?;
+    Ok(d)
+}
+
+fn disconnected() -> PyErr {
+    pyo3::exceptions::PyOSError::new_err("the client disconnected")
+}
+
 /// One request, as glue.py sees it.
 #[pyclass(name = "_Conn")]
 struct Conn {
     tx: UnboundedSender<Cmd>,
+    /// The first `receive()` message, when the body was there before the app started.
+    first: Option<Py<PyAny>>,
+    link: Arc<Link>,
+    event_loop: Option<Py<PyAny>>,
 }
 
 #[pymethods]
 impl Conn {
-    fn read(&self, py: Python<'_>, fut: Py<PyAny>) -> PyResult<()> {
-        if let Err(e) = self.tx.send(Cmd::Read(fut)) {
-            let Cmd::Read(fut) = e.0 else { return Ok(()) };
-            let d = PyDict::new(py);
-            d.set_item("type", "http.disconnect")?;
-            fut.call_method1(py, "set_result", (d,))?;
+    /// The next `receive()` message if it is known now; else `None`, and `fut` gets it.
+    fn read(&mut self, py: Python<'_>, fut: Py<PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(first));
         }
-        Ok(())
+        if self.tx.send(Cmd::Read(fut)).is_err() {
+            return Ok(Some(disconnect(py)?.into_any().unbind()));
+        }
+        Ok(None)
     }
 
+    /// `http.response.start`: raises when the status or a header is invalid.
     #[allow(clippy::needless_pass_by_value)] // extracted from Python by value
-    fn start(
-        &self,
-        py: Python<'_>,
-        status: u16,
-        headers: Vec<(Vec<u8>, Vec<u8>)>,
-        fut: Py<PyAny>,
-    ) -> PyResult<()> {
-        let head = response_head(status, &headers);
-        self.send(py, Cmd::Start { head, fut })
+    fn start(&self, status: u16, headers: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<()> {
+        let head =
+            response_head(status, &headers).map_err(pyo3::exceptions::PyRuntimeError::new_err)?;
+        self.tx.send(Cmd::Start(head)).map_err(|_| disconnected())
     }
 
-    fn body(&self, py: Python<'_>, data: Vec<u8>, more: bool, fut: Py<PyAny>) -> PyResult<()> {
-        self.send(
-            py,
-            Cmd::Body {
-                data: Bytes::from(data),
-                more,
-                fut,
-            },
-        )
+    /// `http.response.body`: `None` when `send()` need not wait, else the future to await.
+    fn body(&self, py: Python<'_>, data: Vec<u8>, more: bool) -> PyResult<Option<Py<PyAny>>> {
+        use std::sync::atomic::Ordering;
+        if self.link.closed.load(Ordering::Acquire) {
+            return Err(disconnected());
+        }
+        let len = data.len();
+        let before = self.link.unwritten.fetch_add(len, Ordering::AcqRel);
+        // The last piece never waits: nothing follows it that the wait could hold back.
+        let wait = more && before + len > SEND_WINDOW;
+        let fut = match (&self.event_loop, wait) {
+            (Some(l), true) => Some(l.call_method0(py, "create_future")?),
+            _ => None,
+        };
+        let cmd = Cmd::Body {
+            data: Bytes::from(data),
+            more,
+            fut: fut.as_ref().map(|f| f.clone_ref(py)),
+        };
+        self.tx.send(cmd).map_err(|_| disconnected())?;
+        Ok(fut)
     }
 
-    #[pyo3(signature = (started, error))]
-    fn finish(&self, started: bool, error: Option<String>) {
+    /// `http.response.pathsend`: opens the file now, so a missing one raises in the app.
+    #[allow(clippy::needless_pass_by_value)] // extracted from Python by value
+    fn pathsend(&self, path: std::path::PathBuf) -> PyResult<()> {
+        if self.link.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(disconnected());
+        }
+        let file = std::fs::File::open(&path).map_err(|e| {
+            pyo3::exceptions::PyOSError::new_err(format!(
+                "ASGI: http.response.pathsend cannot open {}: {e}",
+                path.display()
+            ))
+        })?;
+        self.tx
+            .send(Cmd::PathSend(file))
+            .map_err(|_| disconnected())
+    }
+
+    /// The app returned or raised; `gone_note` says how it stopped after the client left.
+    #[pyo3(signature = (started, error, gone_note=None))]
+    fn finish(&self, started: bool, error: Option<String>, gone_note: Option<String>) {
+        if let Some(note) = gone_note {
+            info!("the client went away; the application stopped with {note}");
+        }
         let _ = self.tx.send(Cmd::Finish { started, error });
     }
-}
 
-impl Conn {
-    fn send(&self, py: Python<'_>, cmd: Cmd) -> PyResult<()> {
-        if let Err(e) = self.tx.send(cmd)
-            && let Cmd::Start { fut, .. } | Cmd::Body { fut, .. } = e.0
-        {
-            let err = pyo3::exceptions::PyOSError::new_err("the client disconnected");
-            fut.call_method1(py, "set_exception", (err,))?;
-        }
-        Ok(())
+    /// Whether the client is known to be gone.
+    fn gone(&self) -> bool {
+        self.link.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -383,6 +452,7 @@ impl AsgiHost {
                         Bridge {
                             shared: bridge_shared,
                             reader,
+                            event_loop: None,
                         },
                         &cfg,
                     )
@@ -445,7 +515,7 @@ impl AsgiHost {
 fn run_loop(
     py: Python<'_>,
     app: Py<PyAny>,
-    bridge: Bridge,
+    mut bridge: Bridge,
     cfg: &AsgiConfig,
 ) -> Result<(), String> {
     let fail = |what: &str, e: PyErr| format!("{what}: {}", crate::format_exception(py, &e));
@@ -460,6 +530,7 @@ fn run_loop(
     let code = std::ffi::CString::new(include_str!("glue.py")).map_err(|e| e.to_string())?;
     let glue = PyModule::from_code(py, &code, c"pyfcgi_asgi_glue.py", c"pyfcgi_asgi_glue")
         .map_err(|e| fail("loading the ASGI glue", e))?;
+    bridge.event_loop = Some(event_loop.clone().unbind());
     let bridge = Py::new(py, bridge).map_err(|e| fail("creating the bridge", e))?;
     glue.call_method1(
         "install",
@@ -521,148 +592,257 @@ impl AsgiHandler {
         }
         let Request {
             params,
-            body,
+            mut body,
             abort,
             ..
         } = request;
         // A HEAD response carries no body, whatever the app sends.
         let head_only = params.get(b"REQUEST_METHOD") == Some(b"HEAD");
         let (tx, rx) = unbounded_channel();
-        self.shared.push(|q| q.new.push(NewRequest { params, tx }));
-        drive(&self.shared, head_only, rx, body, abort, response).await;
+        let mut state = Drive {
+            shared: &self.shared,
+            link: Arc::new(Link::default()),
+            head_only,
+            response: Some(response),
+            pending_reads: std::collections::VecDeque::new(),
+            held_head: None,
+            body_sent: false,
+            body_done: false,
+        };
+        // nginx sends a GET's empty body with its params: the app's first receive() then
+        // needs no round trip.
+        let first = body.try_chunk().map(|chunk| state.outcome(chunk));
+        let link = Arc::clone(&state.link);
+        self.shared.push(|q| {
+            q.new.push(NewRequest {
+                params,
+                tx,
+                first,
+                link,
+            });
+        });
+        state.run(rx, body, abort).await;
     }
 }
 
-async fn drive(
-    shared: &Shared,
+/// One request's task: carries out the app's steps.
+struct Drive<'a> {
+    shared: &'a Shared,
+    link: Arc<Link>,
     head_only: bool,
-    mut rx: UnboundedReceiver<Cmd>,
-    mut body: BodyReceiver,
-    abort: pyfcgi_server::AbortSignal,
-    response: ResponseWriter,
-) {
-    let mut response = Some(response);
-    let mut pending_read: Option<Py<PyAny>> = None;
-    let mut held_head: Option<Vec<u8>> = None;
-    let mut body_sent = false;
-    let mut body_done = false;
-    let mut gone = false;
-    loop {
-        tokio::select! {
-            cmd = rx.recv() => {
-                let Some(cmd) = cmd else {
-                    // The loop dropped the request without finishing it (it stopped).
-                    if let Some(r) = response.take() {
-                        let _ = write_error(r).await;
-                    }
-                    break;
-                };
-                match cmd {
-                    Cmd::Read(fut) => {
-                        if pending_read.is_some() {
-                            shared.finish(fut, Outcome::Failed("ASGI: receive() called while another receive() is still waiting".into()));
-                        } else if gone || response.is_none() {
-                            shared.finish(fut, Outcome::Disconnect);
-                        } else {
-                            pending_read = Some(fut);
+    response: Option<ResponseWriter>,
+    /// Waiting `receive()` calls, oldest first: each gets the next message. (Apps may have
+    /// two waiting, as Starlette's disconnect listener beside a body reader does.)
+    pending_reads: std::collections::VecDeque<Py<PyAny>>,
+    /// `http.response.start`'s head, kept until the first body piece, so that an error
+    /// before any body still becomes a 500, and head and body leave in one write.
+    held_head: Option<Vec<u8>>,
+    body_sent: bool,
+    body_done: bool,
+}
+
+impl Drive<'_> {
+    /// What the app's `receive()` gets for a body read.
+    fn outcome(&mut self, chunk: Result<Option<Bytes>, pyfcgi_server::BodyError>) -> Outcome {
+        match chunk {
+            Ok(Some(data)) => Outcome::Chunk(data, true),
+            Ok(None) => {
+                self.body_done = true;
+                Outcome::Chunk(Bytes::new(), false)
+            }
+            Err(_) => {
+                self.set_gone();
+                Outcome::Disconnect
+            }
+        }
+    }
+
+    /// Whether the client is gone (the same flag `send()` checks).
+    fn gone(&self) -> bool {
+        self.link.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_gone(&self) {
+        self.link
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Resolves the waiting `receive()` calls with `http.disconnect` once the response is
+    /// over or the client is gone.
+    fn release_read(&mut self) {
+        for f in std::mem::take(&mut self.pending_reads) {
+            self.shared.finish(f, Outcome::Disconnect);
+        }
+    }
+
+    async fn run(
+        &mut self,
+        mut rx: UnboundedReceiver<Cmd>,
+        mut body: BodyReceiver,
+        abort: pyfcgi_server::AbortSignal,
+    ) {
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else {
+                        // The loop dropped the request without finishing it (it stopped).
+                        if let Some(r) = self.response.take() {
+                            let _ = write_error(r).await;
                         }
-                    }
-                    Cmd::Start { head, fut } => match head {
-                        // Kept until the first body piece, so that an error before any body
-                        // still becomes a 500, and head and body leave in one write.
-                        Ok(head) if response.is_some() => {
-                            held_head = Some(head);
-                            shared.finish(fut, Outcome::Done);
-                        }
-                        Ok(_) => shared.finish(fut, Outcome::Failed("the response has already ended".into())),
-                        Err(why) => shared.finish(fut, Outcome::Failed(why)),
-                    },
-                    Cmd::Body { mut data, more, fut } => {
-                        let Some(mut r) = response.take() else {
-                            shared.finish(fut, Outcome::Failed("the response has already ended".into()));
-                            continue;
-                        };
-                        body_sent = true;
-                        if head_only {
-                            data = Bytes::new();
-                        }
-                        let mut ok = true;
-                        if let Some(head) = held_head.take() {
-                            let mut first = head;
-                            first.extend_from_slice(&data);
-                            data = Bytes::from(first);
-                        }
-                        if !data.is_empty() && (more || !r.defer(&data)) {
-                            ok = r.write(data).await.is_ok();
-                        }
-                        if more && ok {
-                            response = Some(r);
-                        } else if ok {
-                            ok = r.end(0).await.is_ok();
-                        }
-                        if !ok {
-                            gone = true;
-                        }
-                        shared.finish(fut, if ok { Outcome::Done } else { Outcome::Failed("the client disconnected".into()) });
-                        if response.is_none()
-                            && let Some(f) = pending_read.take()
-                        {
-                            shared.finish(f, Outcome::Disconnect);
-                        }
-                    }
-                    Cmd::Finish { started, error } => {
-                        if let Some(e) = &error {
-                            error!("ASGI application error: {e}");
-                        }
-                        if let Some(mut r) = response.take() {
-                            match held_head.take() {
-                                // Nothing sent yet: an error is still a 500.
-                                _ if error.is_some() && !body_sent => {
-                                    let _ = write_error(r).await;
-                                }
-                                Some(head) => {
-                                    if r.write(Bytes::from(head)).await.is_ok() {
-                                        let _ = r.end(0).await;
-                                    }
-                                }
-                                None if started => {
-                                    let _ = r.end(0).await;
-                                }
-                                None => {
-                                    let _ = write_error(r).await;
-                                }
-                            }
-                        }
-                        if let Some(f) = pending_read.take() {
-                            shared.finish(f, Outcome::Disconnect);
-                        }
+                        break;
+                    };
+                    if self.step(cmd).await {
                         break;
                     }
                 }
-            }
-            chunk = body.chunk(), if pending_read.is_some() && !body_done => {
-                let outcome = match chunk {
-                    Ok(Some(data)) => Outcome::Chunk(data, true),
-                    Ok(None) => {
-                        body_done = true;
-                        Outcome::Chunk(Bytes::new(), false)
+                chunk = body.chunk(), if !self.pending_reads.is_empty() && !self.body_done => {
+                    let outcome = self.outcome(chunk);
+                    let gone = matches!(outcome, Outcome::Disconnect);
+                    if let Some(f) = self.pending_reads.pop_front() {
+                        self.shared.finish(f, outcome);
                     }
-                    Err(_) => {
-                        gone = true;
-                        Outcome::Disconnect
+                    if gone {
+                        self.release_read();
                     }
-                };
-                if let Some(f) = pending_read.take() {
-                    shared.finish(f, outcome);
                 }
-            }
-            () = abort.aborted(), if pending_read.is_some() && !gone => {
-                gone = true;
-                if let Some(f) = pending_read.take() {
-                    shared.finish(f, Outcome::Disconnect);
+                () = abort.aborted(), if !self.gone() => {
+                    self.set_gone();
+                    self.release_read();
                 }
             }
         }
+    }
+
+    /// Carries out one step; true once the request is over.
+    async fn step(&mut self, cmd: Cmd) -> bool {
+        match cmd {
+            Cmd::Read(fut) => {
+                if self.gone() || self.response.is_none() {
+                    self.shared.finish(fut, Outcome::Disconnect);
+                } else {
+                    self.pending_reads.push_back(fut);
+                }
+            }
+            Cmd::Start(head) => {
+                if self.response.is_some() {
+                    self.held_head = Some(head);
+                }
+            }
+            Cmd::Body { data, more, fut } => {
+                let len = data.len();
+                let ok = self.write_body(data, more).await;
+                self.link
+                    .unwritten
+                    .fetch_sub(len, std::sync::atomic::Ordering::AcqRel);
+                if let Some(fut) = fut {
+                    let outcome = if ok {
+                        Outcome::Done
+                    } else {
+                        Outcome::Failed("the client disconnected".into())
+                    };
+                    self.shared.finish(fut, outcome);
+                }
+            }
+            Cmd::PathSend(file) => self.send_file(file).await,
+            Cmd::Finish { started, error } => {
+                self.finish(started, error.as_deref()).await;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Writes one body piece (the held head first); false when the client is gone.
+    async fn write_body(&mut self, mut data: Bytes, more: bool) -> bool {
+        let Some(mut r) = self.response.take() else {
+            return false;
+        };
+        self.body_sent = true;
+        if self.head_only {
+            data = Bytes::new();
+        }
+        if let Some(head) = self.held_head.take() {
+            let mut first = head;
+            first.extend_from_slice(&data);
+            data = Bytes::from(first);
+        }
+        let mut ok = true;
+        if !data.is_empty() && (more || !r.defer(&data)) {
+            ok = r.write(data).await.is_ok();
+        }
+        if more && ok {
+            self.response = Some(r);
+        } else if ok {
+            ok = r.end(0).await.is_ok();
+        }
+        if !ok {
+            self.set_gone();
+        }
+        if self.response.is_none() {
+            self.release_read();
+        }
+        ok
+    }
+
+    /// `http.response.pathsend`: the file's bytes are the rest of the body.
+    async fn send_file(&mut self, file: std::fs::File) {
+        use tokio::io::AsyncReadExt;
+        const CHUNK: usize = 256 * 1024;
+        let Some(mut r) = self.response.take() else {
+            return;
+        };
+        self.body_sent = true;
+        let mut ok = match self.held_head.take() {
+            Some(head) => r.write(Bytes::from(head)).await.is_ok(),
+            None => true,
+        };
+        let mut file = tokio::fs::File::from_std(file);
+        while ok && !self.head_only {
+            let mut buf = bytes::BytesMut::with_capacity(CHUNK);
+            match file.read_buf(&mut buf).await {
+                Ok(0) => break,
+                Ok(_) => ok = r.write(buf.freeze()).await.is_ok(),
+                Err(e) => {
+                    // The head is out: all that can be done is to cut the response short
+                    // (dropping the writer ends the request with an error status).
+                    error!("ASGI: http.response.pathsend: reading the file failed: {e}");
+                    drop(r);
+                    self.release_read();
+                    return;
+                }
+            }
+        }
+        if !ok || r.end(0).await.is_err() {
+            self.set_gone();
+        }
+        self.release_read();
+    }
+
+    async fn finish(&mut self, started: bool, error: Option<&str>) {
+        if let Some(e) = error {
+            error!("ASGI application error: {e}");
+        }
+        if let Some(mut r) = self.response.take() {
+            match self.held_head.take() {
+                // Nothing sent yet: an error is still a 500.
+                _ if error.is_some() && !self.body_sent => {
+                    let _ = write_error(r).await;
+                }
+                Some(head) => {
+                    if r.write(Bytes::from(head)).await.is_ok() {
+                        let _ = r.end(0).await;
+                    }
+                }
+                None if started => {
+                    let _ = r.end(0).await;
+                }
+                None => {
+                    let _ = write_error(r).await;
+                }
+            }
+        }
+        self.release_read();
     }
 }
 

@@ -44,7 +44,8 @@ pub(super) fn build<'py>(
     scope.set_item("type", "http")?;
     let asgi = PyDict::new(py);
     asgi.set_item("version", "3.0")?;
-    asgi.set_item("spec_version", "2.3")?;
+    // 2.4: send() raises OSError once the client is gone.
+    asgi.set_item("spec_version", "2.4")?;
     scope.set_item("asgi", asgi)?;
     let protocol = get("SERVER_PROTOCOL").map_or_else(|| "HTTP/1.1".to_owned(), text);
     let http_version = match protocol.trim_start_matches("HTTP/") {
@@ -125,6 +126,10 @@ pub(super) fn build<'py>(
         }
     }
     scope.set_item("headers", headers)?;
+    // The one extension pyfcgi implements: the app may hand over a file path as the body.
+    let extensions = PyDict::new(py);
+    extensions.set_item("http.response.pathsend", PyDict::new(py))?;
+    scope.set_item("extensions", extensions)?;
     let port = |name: &str| get(name).and_then(|p| text(p).trim().parse::<u16>().ok());
     if let Some(addr) = get("REMOTE_ADDR") {
         scope.set_item("client", (text(addr), port("REMOTE_PORT").unwrap_or(0)))?;
