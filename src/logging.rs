@@ -18,13 +18,54 @@ fn filter(default: &str) -> EnvFilter {
     EnvFilter::try_from_env("PYFCGI_LOG").unwrap_or_else(|_| EnvFilter::new(default))
 }
 
-/// Logs to stderr at `level` (overridden by `PYFCGI_LOG`).
+/// A log file opened after startup ([`attach_file`]); until then, stderr.
+static LATE_FILE: Mutex<Option<RotatingFile>> = Mutex::new(None);
+
+/// Where [`init_stderr`]'s events go: the late file once attached, else stderr.
+struct LateWriter;
+
+impl Write for LateWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut file = LATE_FILE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match file.as_mut() {
+            Some(f) => f.write(buf),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let mut file = LATE_FILE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match file.as_mut() {
+            Some(f) => f.flush(),
+            None => std::io::stderr().flush(),
+        }
+    }
+}
+
+/// Logs to stderr at `level` (overridden by `PYFCGI_LOG`), or to the file [`attach_file`]
+/// names later.
 pub fn init_stderr(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter(level))
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(|| LateWriter)
         .try_init();
+}
+
+/// From now on, [`init_stderr`]'s log goes to the file at `path` (`{pid}` expanded),
+/// without colours... (under IIS the web.config's `WSGI_LOG`, known from the first request).
+pub fn attach_file(path: &Path, rotation: Rotation) -> anyhow::Result<PathBuf> {
+    let path = expand_path(path);
+    let file = RotatingFile::open(&path, rotation)
+        .with_context(|| format!("cannot open log file {}", path.display()))?;
+    *LATE_FILE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(file);
+    Ok(path)
 }
 
 /// Size-based rotation of a log file.

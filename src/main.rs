@@ -95,6 +95,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// This process's `serve` settings as if `--app-root ROOT` had been given: the command line
+/// and environment, then ROOT's web.config and pyfcgi.toml (for an app that is only known
+/// from the first request's `APPL_PHYSICAL_PATH`).
+#[cfg(feature = "python")]
+pub(crate) fn serve_args_for_root(
+    root: &std::path::Path,
+) -> anyhow::Result<(serve::ServeArgs, config::Sources)> {
+    let mut raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    raw.push("--app-root".into());
+    raw.push(root.as_os_str().to_owned());
+    let (merged, sources) = config::merged_args(raw)?;
+    match Cli::try_parse_from(merged)?.command {
+        Command::Serve(args) => Ok((*args, sources)),
+        _ => anyhow::bail!("not a serve command line"),
+    }
+}
+
 /// `pyfcgi --version`: the version, the git revision, the Python built for and the one found.
 fn version_report() -> String {
     use std::fmt::Write as _;

@@ -1,12 +1,7 @@
-//! Interpreter start-up and application loading for `serve` and `check`, eagerly (the app is
-//! known at startup) or deferred to the first request (under IIS without `--app-root`, where
-//! only the request's `APPL_PHYSICAL_PATH` says where the app and its web.config are).
-
-use std::path::{Path, PathBuf};
+//! Interpreter start-up and application loading for `serve` and `check` (at startup, or on
+//! the first request under IIS without `--app-root`: see lazy.rs).
 
 use anyhow::Context;
-use pyfcgi_iis::webconfig;
-use pyfcgi_proto::Params;
 use pyfcgi_python::AppState;
 use pyfcgi_python::app::AppSpec;
 use pyfcgi_python::interp::{self, InterpreterOptions};
@@ -101,84 +96,4 @@ fn load_attached(
             )
         }
     }
-}
-
-/// A loader for the first request: reads the web.config appSettings of the request's
-/// `APPL_PHYSICAL_PATH` (WSGI_HANDLER, PYTHONPATH, PYFCGI_VENV, other keys into os.environ),
-/// changes into that folder as wfastcgi does, and imports the app.
-pub fn deferred(
-    args: PythonArgs,
-    env: Vec<(String, String)>,
-) -> Box<dyn FnOnce(&Params) -> AppState + Send> {
-    Python::initialize();
-    Box::new(move |params| {
-        Python::attach(|py| {
-            let Some(root) = params
-                .get_str("APPL_PHYSICAL_PATH")
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from)
-            else {
-                let detail = "no application to serve: give APP (or --app / --app-root), or run under IIS, which sends APPL_PHYSICAL_PATH so the app can be found through web.config's WSGI_HANDLER".to_owned();
-                log_failure(&detail);
-                return AppState::Failed { detail };
-            };
-            match load_from_web_config(py, &root, &args, &env) {
-                Ok((state, report)) => {
-                    if matches!(state, AppState::Failed { .. }) {
-                        log_failure(&report);
-                    }
-                    state
-                }
-                Err(e) => {
-                    let detail = format!("{e:#}");
-                    log_failure(&detail);
-                    AppState::Failed { detail }
-                }
-            }
-        })
-    })
-}
-
-fn load_from_web_config(
-    py: Python<'_>,
-    root: &Path,
-    args: &PythonArgs,
-    env: &[(String, String)],
-) -> anyhow::Result<(AppState, String)> {
-    let settings = webconfig::load_for_app(root).context("reading the application's web.config")?;
-    info!(root = %root.display(), files = ?settings.sources, "configuration from web.config (first request)");
-    let spec = settings.get("PYFCGI_APP").or_else(|| settings.get("WSGI_HANDLER")).map(str::to_owned).with_context(|| {
-        format!(
-            "no WSGI_HANDLER appSetting in the web.config files for {} (read: {:?}); add <add key=\"WSGI_HANDLER\" value=\"package.module.app\"/> or pass --app",
-            root.display(),
-            settings.sources
-        )
-    })?;
-    let parsed = AppSpec::parse(&spec)?;
-    let chdir = args.chdir.clone().unwrap_or_else(|| root.to_owned());
-    std::env::set_current_dir(&chdir)
-        .with_context(|| format!("cannot change directory to {}", chdir.display()))?;
-    let mut pythonpath: Vec<PathBuf> = settings
-        .pythonpath(&webconfig::process_env)
-        .into_iter()
-        .map(PathBuf::from)
-        .collect();
-    pythonpath.extend(args.pythonpath.iter().cloned());
-    let mut all_env = env.to_vec();
-    all_env.extend(
-        settings
-            .environment()
-            .map(|(k, v)| (k.to_owned(), v.to_owned())),
-    );
-    let opts = InterpreterOptions {
-        venv: args
-            .venv
-            .clone()
-            .or_else(|| settings.get("PYFCGI_VENV").map(PathBuf::from)),
-        pythonpath,
-        chdir: None,
-        app_dir: Some(root.to_owned()),
-        env: all_env,
-    };
-    Ok(load_attached(py, &spec, &parsed, &opts))
 }

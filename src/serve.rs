@@ -109,6 +109,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PYFCGI_MAX_BODY_MEMORY", default_value = "1m", value_name = "SIZE", value_parser = parse_size)]
     pub max_body_memory: u64,
 
+    /// ASGI: response bytes a request may have handed to `send()` and not yet written before
+    /// `send()` waits for the client (backpressure). Suffixes k, m, g.
+    #[arg(long, env = "PYFCGI_SEND_WINDOW", default_value = "64k", value_name = "SIZE", value_parser = parse_size)]
+    pub send_window: u64,
+
     /// Put the traceback in 500 pages (for local debugging only: it shows code to visitors).
     #[arg(long, env = "PYFCGI_DETAILED_ERRORS")]
     pub detailed_errors: bool,
@@ -464,6 +469,20 @@ fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<Serv
     };
     let watchers = WatcherSlot::default();
     let spec = args.app.clone().or_else(|| args.app_option.clone());
+    if spec.is_none() && args.app_root.is_none() {
+        // Under IIS without --app-root: the first request names the app's folder, and
+        // everything (settings, log file, Python, the app) is set up from it then.
+        info!(
+            "no application given: it will be set up on the first request from the folder in APPL_PHYSICAL_PATH (IIS), as with --app-root"
+        );
+        let plan = crate::lazy::Plan {
+            shutdown: shutdown.clone(),
+            watchers: watchers.clone(),
+            has_log_file: args.log_file.is_some(),
+            connected,
+        };
+        return serve_lazy(rt, args, plan, watchers, shutdown);
+    }
     match crate::python_home::ensure_loaded(&python.hints(spec.as_deref())) {
         Ok(found) => info!("python: {} ({})", found.library.display(), found.source),
         Err(nf) => return serve_without_python(rt, args, &nf),
@@ -478,19 +497,7 @@ fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<Serv
                 .map(|d| d.to_string())
                 .unwrap_or_default()
         ),
-        None => {
-            info!(
-                "no application given: it will be loaded on the first request from the web.config in APPL_PHYSICAL_PATH (IIS)"
-            );
-            let plan = crate::lazy::Plan {
-                load: crate::python::deferred(python.clone(), args.app_env.clone()),
-                interface: args.interface,
-                asgi: asgi_config(&args),
-                threads,
-                wsgi: cfg,
-            };
-            return serve_lazy(rt, args, plan, restart_regex, watchers, shutdown);
-        }
+        None => unreachable!("no app and no --app-root is served by serve_lazy"),
     };
     let watch_root = args.app_root.clone().or_else(|| {
         // An explicit --restart-regex without an app folder watches the working directory.
@@ -585,7 +592,7 @@ fn start_asgi(
 }
 
 #[cfg(feature = "python")]
-fn asgi_config(args: &ServeArgs) -> pyfcgi_python::asgi::AsgiConfig {
+pub(crate) fn asgi_config(args: &ServeArgs) -> pyfcgi_python::asgi::AsgiConfig {
     use pyfcgi_python::asgi::{AsgiConfig, Lifespan, LoopKind};
     AsgiConfig {
         script_name: args.script_name.clone(),
@@ -595,6 +602,8 @@ fn asgi_config(args: &ServeArgs) -> pyfcgi_python::asgi::AsgiConfig {
             LifespanArg::On => Lifespan::On,
             LifespanArg::Off => Lifespan::Off,
         },
+        detailed_errors: args.detailed_errors,
+        send_window: usize::try_from(args.send_window).unwrap_or(usize::MAX),
         loop_kind: match args.event_loop {
             LoopArg::Auto => LoopKind::Auto,
             LoopArg::Asyncio => LoopKind::Asyncio,
@@ -603,37 +612,27 @@ fn asgi_config(args: &ServeArgs) -> pyfcgi_python::asgi::AsgiConfig {
     }
 }
 
-/// Serves the app named by the first request's web.config (IIS without `--app-root`).
+/// Serves the app set up from the first request's folder (IIS without `--app-root`).
 #[cfg(feature = "python")]
 fn serve_lazy(
     rt: &tokio::runtime::Runtime,
     args: ServeArgs,
     plan: crate::lazy::Plan,
-    restart_regex: Option<String>,
     watchers: WatcherSlot,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ServeOutcome> {
-    // The watcher starts once the first request names the folder.
-    let on_root: Option<pyfcgi_python::OnRoot> = restart_regex.map(|regex| {
-        let (watchers, shutdown) = (watchers.clone(), shutdown.clone());
-        Box::new(move |root: &Path| watchers.start(root, &regex, shutdown.clone()))
-            as pyfcgi_python::OnRoot
-    });
-    let binding = AppBinding {
-        root: None,
-        on_root,
-    };
     let grace = std::time::Duration::from_secs_f64(args.graceful_timeout.max(1.0));
-    let (lazy, finisher) = crate::lazy::LazyApp::new(binding, args.max_body_size, plan);
-    let handler = Arc::new(MaxRequests::new(lazy, args.max_requests, shutdown.clone()));
+    let (lazy, finisher) = crate::lazy::LazyApp::new(args.max_body_size, plan);
+    let handler = Arc::new(lazy);
     let outcome = rt.block_on(serve_async(args, Arc::clone(&handler), shutdown));
     drop(handler);
     drop(watchers);
-    if matches!(
+    let drained = matches!(
         outcome,
         Ok(ServeOutcome::Drained | ServeOutcome::StreamClosed)
-    ) {
-        finisher.finish(grace);
+    );
+    if finisher.finish(if drained { grace } else { Duration::ZERO }) {
+        return Err(NoPython.into());
     }
     outcome
 }

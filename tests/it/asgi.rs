@@ -212,6 +212,27 @@ fn spec_violations_and_exceptions_are_500_before_start_and_truncation_after() {
 }
 
 #[test]
+fn detailed_errors_put_the_traceback_in_the_500_page_only_when_asked() {
+    let s = Stack::start(&[("PYFCGI_DETAILED_ERRORS", "true")]);
+    let (status, _, body) = s.get("/raise-before");
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 500, "{}", s.logs());
+    assert!(
+        body.contains("Request id: ")
+            && body.contains("Traceback")
+            && body.contains("raised before start"),
+        "{body}"
+    );
+    let plain = Stack::start(&[]);
+    let (_, _, body) = plain.get("/raise-before");
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert!(
+        body.contains("Request id: ") && !body.contains("Traceback"),
+        "{body}"
+    );
+}
+
+#[test]
 fn empty_bodies_and_head_requests_send_no_body() {
     let s = Stack::start(&[]);
     let (status, _, body) = s.get("/empty");

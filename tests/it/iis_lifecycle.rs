@@ -136,6 +136,46 @@ fn app_is_loaded_on_the_first_request_from_web_config_in_appl_physical_path() {
 }
 
 #[test]
+fn the_first_requests_web_config_sets_up_the_log_file_threads_and_max_requests() {
+    // No --app-root: every web.config setting still applies, as with --app-root, from the
+    // folder the first request names.
+    let logs = TempDir::new("iis-late-log");
+    let log = logs.path().join("new folder").join("site.log");
+    let dir = site(&[
+        ("WSGI_HANDLER", "app.app"),
+        ("WSGI_LOG", log.to_str().unwrap()),
+        ("PYFCGI_THREADS", "2"),
+        ("PYFCGI_MAX_REQUESTS", "2"),
+    ]);
+    let mut iis = Iis::start(dir.path(), &[], &[]);
+    assert!(
+        iis.body("/one", &[]).contains("MT=True"),
+        "PYFCGI_THREADS=2 from web.config"
+    );
+    assert!(iis.body("/two", &[]).contains("PI=/two"));
+    let status = iis.server.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "PYFCGI_MAX_REQUESTS=2 from web.config: {status:?}\n{}",
+        iis.server.log()
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_else(|e| {
+        panic!(
+            "WSGI_LOG {} not written ({e}):\n{}",
+            log.display(),
+            iis.server.log()
+        )
+    });
+    for want in [
+        "logging to",
+        "serving a WSGI application (loaded on the first request)",
+        "--max-requests reached",
+    ] {
+        assert!(text.contains(want), "no {want:?} in WSGI_LOG:\n{text}");
+    }
+}
+
+#[test]
 fn app_root_reads_web_config_at_startup_and_loads_eagerly() {
     let dir = site(&[("WSGI_HANDLER", "app.app"), ("PYFCGI_THREADS", "2")]);
     let root = dir.path().display().to_string();

@@ -62,7 +62,7 @@ pub enum LoopKind {
 }
 
 /// What the ASGI host needs to know.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AsgiConfig {
     /// `--script-name`: the mount prefix (`root_path`), as for WSGI.
     pub script_name: Option<String>,
@@ -72,11 +72,25 @@ pub struct AsgiConfig {
     pub lifespan: Lifespan,
     /// `--loop`.
     pub loop_kind: LoopKind,
+    /// `--detailed-errors`: a 500 page carries the app's traceback.
+    pub detailed_errors: bool,
+    /// `--send-window`: response bytes a request may have accepted from `send()` and not yet
+    /// written before `send()` waits for the writes (backpressure).
+    pub send_window: usize,
 }
 
-/// Response bytes a request may have accepted from `send()` and not yet written before
-/// `send()` starts waiting for the writes (backpressure): below it, `send()` returns at once.
-pub const SEND_WINDOW: usize = 64 * 1024;
+impl Default for AsgiConfig {
+    fn default() -> Self {
+        Self {
+            script_name: None,
+            url_scheme: None,
+            lifespan: Lifespan::default(),
+            loop_kind: LoopKind::default(),
+            detailed_errors: false,
+            send_window: 64 * 1024,
+        }
+    }
+}
 
 /// A step the app asked for, carried out by the request's task.
 enum Cmd {
@@ -252,6 +266,7 @@ impl Bridge {
                     first,
                     link: r.link,
                     event_loop: self.event_loop.as_ref().map(|l| l.clone_ref(py)),
+                    window: self.shared.cfg.send_window,
                 },
             )?;
             new_list.append((conn, scope))?;
@@ -309,6 +324,8 @@ struct Conn {
     first: Option<Py<PyAny>>,
     link: Arc<Link>,
     event_loop: Option<Py<PyAny>>,
+    /// `--send-window`.
+    window: usize,
 }
 
 #[pymethods]
@@ -341,7 +358,7 @@ impl Conn {
         let len = data.len();
         let before = self.link.unwritten.fetch_add(len, Ordering::AcqRel);
         // The last piece never waits: nothing follows it that the wait could hold back.
-        let wait = more && before + len > SEND_WINDOW;
+        let wait = more && before + len > self.window;
         let fut = match (&self.event_loop, wait) {
             (Some(l), true) => Some(l.call_method0(py, "create_future")?),
             _ => None,
@@ -820,14 +837,25 @@ impl Drive<'_> {
     }
 
     async fn finish(&mut self, started: bool, error: Option<&str>) {
+        let seq = crate::wsgi::next_request_seq();
         if let Some(e) = error {
-            error!("ASGI application error: {e}");
+            error!(request = seq, "ASGI application error: {e}");
         }
         if let Some(mut r) = self.response.take() {
             match self.held_head.take() {
-                // Nothing sent yet: an error is still a 500.
+                // Nothing sent yet: an error is still a 500 (with the traceback in it only
+                // with --detailed-errors).
                 _ if error.is_some() && !self.body_sent => {
-                    let _ = write_error(r).await;
+                    let detail = error.filter(|_| self.shared.cfg.detailed_errors);
+                    let page = crate::wsgi::response::error_page(
+                        "500 Internal Server Error",
+                        "Internal Server Error",
+                        seq,
+                        detail,
+                    );
+                    if r.write(page).await.is_ok() {
+                        let _ = r.end(0).await;
+                    }
                 }
                 Some(head) => {
                     if r.write(Bytes::from(head)).await.is_ok() {
