@@ -239,6 +239,16 @@ fn fastapi_sse_events_arrive_one_by_one_and_a_leaving_client_is_fine() {
     let (st, _, _) = http(s.nginx.port, "GET", "/hello", &[], b"");
     assert_eq!(st, 200, "{}", s.logs());
     assert!(!s.server.log().contains("panicked"), "{}", s.logs());
+    // The app's stream stopped: its next send() raised (spec 2.4), Starlette turned that into
+    // ClientDisconnect, and the task ended. Not an application error.
+    assert!(
+        s.server
+            .log()
+            .contains("the client went away; the application stopped with ClientDisconnect"),
+        "{}",
+        s.logs()
+    );
+    assert!(!s.server.log().contains("ASGI application error"), "{}", s.logs());
 }
 
 #[test]
