@@ -248,7 +248,11 @@ fn fastapi_sse_events_arrive_one_by_one_and_a_leaving_client_is_fine() {
         "{}",
         s.logs()
     );
-    assert!(!s.server.log().contains("ASGI application error"), "{}", s.logs());
+    assert!(
+        !s.server.log().contains("ASGI application error"),
+        "{}",
+        s.logs()
+    );
 }
 
 #[test]
