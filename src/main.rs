@@ -14,6 +14,8 @@ mod python;
 #[cfg(feature = "python")]
 mod python_home;
 mod serve;
+#[cfg(unix)]
+mod supervisor;
 
 use std::process::ExitCode;
 

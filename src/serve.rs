@@ -146,6 +146,56 @@ pub struct ServeArgs {
     #[arg(long, env = "PYFCGI_BIND", short = 'b', value_name = "ADDR")]
     pub bind: Option<String>,
 
+    /// Run a supervisor and N worker processes sharing the socket (each imports the app
+    /// itself); `auto` = the number of CPUs. Unset: one process, no supervisor. Not under
+    /// IIS, which starts its own processes (maxInstances). See docs/deployment.md.
+    #[arg(long, env = "PYFCGI_WORKERS", value_name = "N|auto", value_parser = parse_workers)]
+    pub workers: Option<usize>,
+
+    /// With --workers: add a random 0..=J to each worker's --max-requests, so that the
+    /// workers do not all recycle at once.
+    #[arg(
+        long,
+        env = "PYFCGI_MAX_REQUESTS_JITTER",
+        default_value_t = 0,
+        value_name = "J"
+    )]
+    pub max_requests_jitter: u64,
+
+    /// With --workers: a worker whose resident memory exceeds this many MiB finishes its
+    /// requests and is replaced (a new one is started first); 0 = no limit.
+    #[arg(long, env = "PYFCGI_MAX_RSS", default_value_t = 0, value_name = "MIB")]
+    pub max_rss: u64,
+
+    /// With --workers: replace each worker after this many seconds (0 = never).
+    #[arg(
+        long,
+        env = "PYFCGI_WORKER_LIFETIME",
+        default_value_t = 0.0,
+        value_name = "SECS"
+    )]
+    pub worker_lifetime: f64,
+
+    /// With --workers: stop (exit code 5) when workers fail this many times in a row before
+    /// they are ready (an app that cannot import). Crashes are retried with backoff.
+    #[arg(
+        long,
+        env = "PYFCGI_CRASH_LIMIT",
+        default_value_t = 5,
+        value_name = "N"
+    )]
+    pub crash_limit: u32,
+
+    /// With --workers: how long a new worker may take to import the app and become ready
+    /// during a rolling restart before the restart is abandoned.
+    #[arg(
+        long,
+        env = "PYFCGI_READY_TIMEOUT",
+        default_value_t = 60.0,
+        value_name = "SECS"
+    )]
+    pub ready_timeout: f64,
+
     /// Permissions of a new unix socket file, in octal (e.g. 660).
     #[arg(long, env = "PYFCGI_SOCKET_MODE", value_name = "MODE", value_parser = parse_mode)]
     pub socket_mode: Option<u32>,
@@ -357,6 +407,18 @@ fn parse_script_name(s: &str) -> Result<String, String> {
     Ok(s.trim_end_matches('/').to_owned())
 }
 
+fn parse_workers(s: &str) -> Result<usize, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    }
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a worker count: use 1 to 1024, or auto"
+        )),
+    }
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     let s = s.strip_prefix("0o").unwrap_or(s);
     u32::from_str_radix(s, 8)
@@ -368,6 +430,36 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(v)
         .with_context(|| format!("--{name} must be a non-negative number of seconds, got {v}"))
+}
+
+/// `--workers N`: the supervisor (Unix; IIS starts its own processes on Windows).
+#[cfg(unix)]
+fn supervise(args: &ServeArgs, workers: usize) -> ExitCode {
+    match crate::supervisor::main(args, workers) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(EXIT_STARTUP)
+        }
+    }
+}
+
+#[cfg(unix)]
+fn is_supervised_worker() -> bool {
+    crate::supervisor::is_worker()
+}
+
+#[cfg(windows)]
+fn is_supervised_worker() -> bool {
+    false
+}
+
+#[cfg(windows)]
+fn supervise(_args: &ServeArgs, _workers: usize) -> ExitCode {
+    error!(
+        "--workers is not available on Windows: under IIS, set the FastCGI application's maxInstances; standalone, run several pyfcgi processes on different ports"
+    );
+    ExitCode::from(EXIT_STARTUP)
 }
 
 /// Config files merged into the arguments, logged once logging is set up.
@@ -395,6 +487,11 @@ pub fn main(args: ServeArgs) -> ExitCode {
     }
     if let Some(src) = CONFIG_SOURCES.get() {
         info!(files = ?src.files, overridden_by_env_or_cli = ?src.shadowed, "settings read from config files");
+    }
+    if let Some(n) = args.workers
+        && !is_supervised_worker()
+    {
+        return supervise(&args, n);
     }
     match run(args) {
         Ok(ServeOutcome::TimedOut) => ExitCode::from(EXIT_GRACE_TIMEOUT),
@@ -499,6 +596,11 @@ fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<Serv
         ),
         None => unreachable!("no app and no --app-root is served by serve_lazy"),
     };
+    if is_supervised_worker() && matches!(app, AppState::Failed { .. }) {
+        // A worker that cannot import the app must not serve 500s: the supervisor keeps the
+        // workers it has (a rolling restart stops) or gives up after --crash-limit.
+        bail!("the application failed to load (see above): this worker exits");
+    }
     let watch_root = args.app_root.clone().or_else(|| {
         // An explicit --restart-regex without an app folder watches the working directory.
         args.restart_regex
@@ -525,6 +627,9 @@ fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<Serv
     let (app, binding) = match asgi_app(&app, args.interface) {
         Some(obj) => match start_asgi(obj, &args) {
             Ok(host) => return serve_asgi(rt, args, host, binding, shutdown, watchers),
+            Err(detail) if is_supervised_worker() => {
+                bail!("{detail}\nThis worker exits.")
+            }
             Err(detail) => {
                 error!(
                     "{detail}\nEvery request will be answered 500; fix the application and restart."
@@ -782,6 +887,8 @@ async fn serve_async<H: pyfcgi_server::Handler>(
         "pyfcgi {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    #[cfg(unix)]
+    crate::supervisor::notify_ready();
     let outcome = pyfcgi_server::serve(listener, handler, config, shutdown).await?;
     info!(?outcome, "pyfcgi stopped");
     Ok(outcome)

@@ -20,5 +20,6 @@ mod lifecycle;
 mod nginx;
 mod python_nginx;
 mod starlette;
+mod supervisor;
 mod wheel;
 mod wsgi;

@@ -219,6 +219,10 @@ async fn read_loop<R: ReadSource, H: Handler>(
     let mut buf = BytesMut::with_capacity(config.read_buffer);
     let mut freed = Vec::new();
     let mut shutdown_seen = false;
+    // The linger is for a request already on its way when the signal came: once per
+    // connection. A web server that keeps sending on a kept-alive connection must not keep
+    // a draining process alive: after that, an idle connection closes at once.
+    let mut lingered = false;
     let idle = config.idle_timeout;
     let idle_timer = tokio::time::sleep(idle.unwrap_or(Duration::MAX / 4));
     tokio::pin!(idle_timer);
@@ -236,9 +240,13 @@ async fn read_loop<R: ReadSource, H: Handler>(
             // (Windows pipes complete reads through the IOCP), so wait a moment for them.
             let pending = match rd.read_now(&mut buf) {
                 Some(n) if n > 0 => Some(Ok(n)),
-                _ => tokio::time::timeout(SHUTDOWN_LINGER, rd.read(&mut buf))
-                    .await
-                    .ok(),
+                _ if !lingered => {
+                    lingered = true;
+                    tokio::time::timeout(SHUTDOWN_LINGER, rd.read(&mut buf))
+                        .await
+                        .ok()
+                }
+                _ => None,
             };
             match pending {
                 Some(Ok(n)) if n > 0 => Ok(n),

@@ -110,6 +110,17 @@ impl Listener {
         })
     }
 
+    /// The listening socket's descriptor (to hand to worker processes); `None` for a
+    /// connected stream.
+    pub fn listening_fd(&self) -> Option<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match self {
+            Self::Tcp(l, _) => Some(l.as_fd()),
+            Self::Unix(l, _) => Some(l.as_fd()),
+            Self::ConnectedUnix(_) | Self::ConnectedTcp(_) => None,
+        }
+    }
+
     /// True when this listener carries exactly one inherited connection (IIS-style).
     pub fn is_connected_stream(&self) -> bool {
         matches!(self, Self::ConnectedUnix(_) | Self::ConnectedTcp(_))

@@ -1,0 +1,608 @@
+//! `pyfcgi serve --workers N`: a supervisor process that owns the listening socket and runs N
+//! worker processes on it (each is `pyfcgi serve` itself, with its own interpreter, given the
+//! socket on stdin the FastCGI way). The supervisor never starts Python.
+//!
+//! - A worker reports that it is ready (the app imported, about to accept) with one line on
+//!   its stdout, the control channel ([`notify_ready`]).
+//! - A worker that exits is replaced: at once after a clean exit (`--max-requests`), after an
+//!   exponential backoff after a crash. Workers that keep failing before they are ready
+//!   (`--crash-limit` times in a row) stop the supervisor with the last worker's failure.
+//! - SIGTERM/SIGINT: graceful stop (each worker drains, up to `--graceful-timeout`).
+//!   SIGQUIT: immediate stop. SIGHUP: rolling restart, one worker at a time: a new one is
+//!   started, and an old one is retired only once the new one is ready. The socket stays
+//!   open in the supervisor all along, so connections wait in its backlog rather than being
+//!   refused.
+//! - `--max-rss`, `--worker-lifetime`: a worker over the limit is replaced the same way.
+//!   `--max-requests-jitter` spreads the workers' `--max-requests`.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::serve::ServeArgs;
+
+/// Set in a worker's environment: serve as a worker (report readiness; never supervise).
+pub const WORKER_ENV: &str = "PYFCGI_SUPERVISED";
+/// The line a worker writes on its stdout once it is ready.
+const READY_LINE: &str = "\u{1e}pyfcgi-ready";
+
+/// Exit code when workers keep failing to start.
+pub const EXIT_CRASH_LOOP: u8 = 5;
+
+/// True in a process the supervisor started.
+pub fn is_worker() -> bool {
+    std::env::var_os(WORKER_ENV).is_some()
+}
+
+/// Tells the supervisor (if any) that this worker is ready to take requests.
+pub fn notify_ready() {
+    use std::io::Write;
+    if is_worker() {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{READY_LINE}");
+        let _ = out.flush();
+    }
+}
+
+/// What the supervisor was asked for.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub workers: usize,
+    pub graceful_timeout: Duration,
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    pub max_rss_mib: u64,
+    pub worker_lifetime: Duration,
+    pub crash_limit: u32,
+    pub ready_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_args(args: &ServeArgs, workers: usize) -> Self {
+        Self {
+            workers,
+            graceful_timeout: Duration::from_secs_f64(args.graceful_timeout.max(0.0)),
+            max_requests: args.max_requests,
+            max_requests_jitter: args.max_requests_jitter,
+            max_rss_mib: args.max_rss,
+            worker_lifetime: Duration::from_secs_f64(args.worker_lifetime.max(0.0)),
+            crash_limit: args.crash_limit.max(1),
+            ready_timeout: Duration::from_secs_f64(args.ready_timeout.max(1.0)),
+        }
+    }
+}
+
+enum Event {
+    Ready(u64),
+    Exited(u64, std::io::Result<ExitStatus>),
+}
+
+struct Worker {
+    pid: u32,
+    started: Instant,
+    ready: bool,
+    /// Sent SIGTERM on purpose (rolling restart, a limit, shutdown): its exit is expected.
+    retiring: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stopping {
+    No,
+    Graceful,
+    Now,
+}
+
+struct Supervisor {
+    settings: Settings,
+    /// The worker command line: this binary, `serve` and the user's arguments.
+    argv: Vec<OsString>,
+    listener: std::os::fd::OwnedFd,
+    workers: HashMap<u64, Worker>,
+    next_id: u64,
+    events: mpsc::UnboundedSender<Event>,
+    /// Workers to replace one at a time (rolling restart, limits), oldest first.
+    to_replace: VecDeque<u64>,
+    /// (new, old): a replacement started and not ready yet.
+    replacing: Option<(u64, u64, Instant)>,
+    /// Failed exits before readiness, in a row.
+    startup_failures: u32,
+    /// Crashes of ready workers in the last minute, for the backoff.
+    recent_crashes: VecDeque<Instant>,
+    /// Workers to start once their backoff has passed.
+    pending_starts: Vec<Instant>,
+    stopping: Stopping,
+    last_failure: String,
+    seed: u64,
+}
+
+/// Runs the supervisor until it is stopped; returns the process exit code.
+pub fn main(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the supervisor's runtime")?;
+    rt.block_on(run(args, workers))
+}
+
+async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
+    let bind = match &args.bind {
+        Some(b) => b.parse::<pyfcgi_server::Bind>()?,
+        None => match pyfcgi_server::transport::inspect_stdin() {
+            Some(pyfcgi_server::transport::StdinKind::Listening) => pyfcgi_server::Bind::Fd(0),
+            Some(_) => bail!(
+                "--workers does not apply to a connected stdin (IIS starts one process per instance; set the FastCGI maxInstances instead)"
+            ),
+            None => bail!(
+                "--workers needs a socket to share: give --bind (e.g. --bind unix:/run/pyfcgi.sock or --bind 127.0.0.1:9000)"
+            ),
+        },
+    };
+    let allow = match &args.web_server_addrs {
+        Some(v) => pyfcgi_server::transport::parse_web_server_addrs(v)?,
+        None => Vec::new(),
+    };
+    let listener = pyfcgi_server::Listener::bind(&bind, args.socket_mode, allow)
+        .await
+        .with_context(|| format!("cannot open transport {bind}"))?;
+    let fd = listener
+        .listening_fd()
+        .context("the transport is not a listening socket")?
+        .try_clone_to_owned()
+        .context("cannot duplicate the listening socket")?;
+    let settings = Settings::from_args(args, workers);
+    info!(
+        pid = std::process::id(),
+        workers,
+        listen = %listener.describe(),
+        "pyfcgi {} supervisor starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut worker_argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // The workers share the supervisor's socket, handed over as their stdin.
+    worker_argv.push("--bind".into());
+    worker_argv.push("fd:0".into());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let mut sup = Supervisor {
+        settings,
+        argv: worker_argv,
+        listener: fd,
+        workers: HashMap::new(),
+        next_id: 1,
+        events: tx,
+        to_replace: VecDeque::new(),
+        replacing: None,
+        startup_failures: 0,
+        recent_crashes: VecDeque::new(),
+        pending_starts: Vec::new(),
+        stopping: Stopping::No,
+        last_failure: String::new(),
+        seed,
+    };
+    for _ in 0..sup.settings.workers {
+        sup.spawn()?;
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut stop_deadline: Option<Instant> = None;
+    let code = loop {
+        tokio::select! {
+            _ = term.recv() => sup.stop(Stopping::Graceful, &mut stop_deadline, "SIGTERM"),
+            _ = int.recv() => {
+                let how = if sup.stopping == Stopping::No { Stopping::Graceful } else { Stopping::Now };
+                sup.stop(how, &mut stop_deadline, "SIGINT");
+            }
+            _ = quit.recv() => sup.stop(Stopping::Now, &mut stop_deadline, "SIGQUIT"),
+            _ = hup.recv() => sup.rolling_restart(),
+            ev = rx.recv() => match ev {
+                Some(Event::Ready(id)) => sup.ready(id),
+                Some(Event::Exited(id, status)) => sup.exited(id, &status),
+                None => {}
+            },
+            _ = tick.tick() => sup.tick(),
+        }
+        if sup.stopping != Stopping::No {
+            if sup.workers.is_empty() {
+                break if sup.startup_failures >= sup.settings.crash_limit {
+                    EXIT_CRASH_LOOP
+                } else {
+                    0
+                };
+            }
+            if stop_deadline.is_some_and(|d| Instant::now() >= d) {
+                warn!(
+                    left = sup.workers.len(),
+                    "workers still running after --graceful-timeout: killing them"
+                );
+                sup.kill_all(libc::SIGKILL);
+                stop_deadline = None;
+            }
+        } else if let Err(e) = sup.advance() {
+            error!("{e:#}");
+            sup.stop(Stopping::Graceful, &mut stop_deadline, "error");
+        }
+    };
+    drop(listener);
+    info!("pyfcgi supervisor stopped");
+    Ok(code)
+}
+
+impl Supervisor {
+    /// Starts one worker.
+    fn spawn(&mut self) -> anyhow::Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let exe = std::env::current_exe().context("cannot find pyfcgi's own executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(&self.argv);
+        if self.settings.max_requests > 0 && self.settings.max_requests_jitter > 0 {
+            // Spread the recycling so the workers do not all restart at once.
+            self.seed = self
+                .seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let jitter = (self.seed >> 33) % (self.settings.max_requests_jitter + 1);
+            cmd.arg("--max-requests")
+                .arg((self.settings.max_requests + jitter).to_string());
+        }
+        let stdin = self
+            .listener
+            .as_fd()
+            .try_clone_to_owned()
+            .context("cannot duplicate the listening socket for a worker")?;
+        cmd.stdin(Stdio::from(stdin))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env(WORKER_ENV, id.to_string())
+            .kill_on_drop(false);
+        // SAFETY: setpgid and prctl only change this child's own process attributes; both are
+        // async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Its own process group: a terminal's Ctrl-C reaches the supervisor only,
+                // which then stops the workers once, gracefully.
+                libc::setpgid(0, 0);
+                #[cfg(target_os = "linux")]
+                {
+                    // A worker must not outlive a supervisor killed with SIGKILL.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().context("cannot start a worker process")?;
+        let pid = child.id().unwrap_or_default();
+        info!(worker = id, pid, "worker started");
+        self.workers.insert(
+            id,
+            Worker {
+                pid,
+                started: Instant::now(),
+                ready: false,
+                retiring: false,
+            },
+        );
+        let tx = self.events.clone();
+        let stdout = child.stdout.take();
+        tokio::spawn(async move {
+            watch(id, &mut child, stdout, &tx).await;
+        });
+        Ok(id)
+    }
+
+    fn ready(&mut self, id: u64) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        w.ready = true;
+        self.startup_failures = 0;
+        info!(
+            worker = id,
+            pid = w.pid,
+            after_ms = w.started.elapsed().as_millis(),
+            "worker ready"
+        );
+        if let Some((new, old, _)) = self.replacing
+            && new == id
+        {
+            self.replacing = None;
+            self.retire(old, "replaced");
+        }
+    }
+
+    fn retire(&mut self, id: u64, why: &str) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.retiring = true;
+            info!(
+                worker = id,
+                pid = w.pid,
+                why,
+                "retiring worker (graceful stop)"
+            );
+            signal_pid(w.pid, libc::SIGTERM);
+        }
+    }
+
+    fn exited(&mut self, id: u64, status: &std::io::Result<ExitStatus>) {
+        let Some(w) = self.workers.remove(&id) else {
+            return;
+        };
+        let how = match status {
+            Ok(s) => describe(*s),
+            Err(e) => format!("cannot be waited for: {e}"),
+        };
+        let clean = status.as_ref().is_ok_and(ExitStatus::success);
+        self.to_replace.retain(|&x| x != id);
+        if w.retiring || self.stopping != Stopping::No {
+            info!(worker = id, pid = w.pid, "worker {how}");
+            return;
+        }
+        if let Some((new, _, _)) = self.replacing
+            && new == id
+        {
+            self.replacing = None;
+            self.to_replace.clear();
+            error!(
+                worker = id,
+                "the new worker {how} before it was ready: the rolling restart stopped, the old workers keep serving"
+            );
+            self.startup_failures += 1;
+            self.last_failure = how;
+            return;
+        }
+        if clean {
+            // --max-requests, a watched file change: a normal recycle.
+            info!(worker = id, pid = w.pid, "worker {how}: starting a new one");
+            self.pending_starts.push(Instant::now());
+            return;
+        }
+        self.last_failure.clone_from(&how);
+        if w.ready {
+            let now = Instant::now();
+            self.recent_crashes.push_back(now);
+            while self
+                .recent_crashes
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+            {
+                self.recent_crashes.pop_front();
+            }
+        } else {
+            self.startup_failures += 1;
+        }
+        let n = if w.ready {
+            u32::try_from(self.recent_crashes.len()).unwrap_or(u32::MAX)
+        } else {
+            self.startup_failures
+        };
+        let backoff = backoff(n);
+        error!(
+            worker = id,
+            pid = w.pid,
+            backoff_ms = backoff.as_millis(),
+            "worker {how}{}: starting a new one",
+            if w.ready { "" } else { " before it was ready" }
+        );
+        self.pending_starts.push(Instant::now() + backoff);
+    }
+
+    /// Starts due workers, the next replacement, and gives up on a crash loop.
+    fn advance(&mut self) -> anyhow::Result<()> {
+        if self.startup_failures >= self.settings.crash_limit {
+            bail!(
+                "workers failed to start {} times in a row (--crash-limit); the last one {}. Fix the application (see the log above) and start pyfcgi again",
+                self.startup_failures,
+                self.last_failure
+            );
+        }
+        let now = Instant::now();
+        let due = self.pending_starts.iter().filter(|t| **t <= now).count();
+        self.pending_starts.retain(|t| *t > now);
+        for _ in 0..due {
+            self.spawn()?;
+        }
+        if let Some((new, old, since)) = self.replacing
+            && since.elapsed() > self.settings.ready_timeout
+        {
+            error!(
+                worker = new,
+                limit_s = self.settings.ready_timeout.as_secs(),
+                "the new worker was not ready in time (--ready-timeout): stopping it; the rolling restart stopped"
+            );
+            self.replacing = None;
+            self.to_replace.clear();
+            let _ = old;
+            self.retire(new, "not ready in time");
+        }
+        if self.replacing.is_none()
+            && let Some(old) = self.to_replace.pop_front()
+            && self.workers.get(&old).is_some_and(|w| !w.retiring)
+        {
+            let new = self.spawn()?;
+            self.replacing = Some((new, old, Instant::now()));
+        }
+        Ok(())
+    }
+
+    fn rolling_restart(&mut self) {
+        if self.stopping != Stopping::No {
+            return;
+        }
+        let mut ids: Vec<(Instant, u64)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.retiring)
+            .map(|(id, w)| (w.started, *id))
+            .collect();
+        ids.sort();
+        info!(
+            workers = ids.len(),
+            "SIGHUP: rolling restart, one worker at a time"
+        );
+        for (_, id) in ids {
+            if !self.to_replace.contains(&id) {
+                self.to_replace.push_back(id);
+            }
+        }
+    }
+
+    /// Once a second or so: RSS and lifetime limits.
+    fn tick(&mut self) {
+        if self.stopping != Stopping::No {
+            return;
+        }
+        let mut over: Vec<(u64, String)> = Vec::new();
+        for (id, w) in &self.workers {
+            if w.retiring || !w.ready || self.to_replace.contains(id) {
+                continue;
+            }
+            if self.replacing.is_some_and(|(_, old, _)| old == *id) {
+                continue;
+            }
+            if self.settings.max_rss_mib > 0
+                && let Some(rss) = rss_mib(w.pid)
+                && rss > self.settings.max_rss_mib
+            {
+                over.push((
+                    *id,
+                    format!("RSS {rss} MiB over --max-rss {}", self.settings.max_rss_mib),
+                ));
+            } else if !self.settings.worker_lifetime.is_zero()
+                && w.started.elapsed() > self.settings.worker_lifetime
+            {
+                over.push((*id, "--worker-lifetime reached".to_owned()));
+            }
+        }
+        for (id, why) in over {
+            info!(worker = id, "{why}: replacing the worker");
+            self.to_replace.push_back(id);
+        }
+    }
+
+    fn stop(&mut self, how: Stopping, deadline: &mut Option<Instant>, why: &str) {
+        match how {
+            Stopping::Graceful if self.stopping == Stopping::No => {
+                info!(
+                    why,
+                    workers = self.workers.len(),
+                    "graceful stop: the workers finish their requests"
+                );
+                self.stopping = Stopping::Graceful;
+                self.to_replace.clear();
+                self.replacing = None;
+                self.kill_all(libc::SIGTERM);
+                *deadline =
+                    Some(Instant::now() + self.settings.graceful_timeout + Duration::from_secs(2));
+            }
+            Stopping::Now => {
+                info!(why, "immediate stop: killing the workers");
+                self.stopping = Stopping::Now;
+                self.kill_all(libc::SIGKILL);
+            }
+            _ => {}
+        }
+    }
+
+    fn kill_all(&mut self, sig: i32) {
+        for w in self.workers.values_mut() {
+            w.retiring = true;
+            signal_pid(w.pid, sig);
+        }
+    }
+}
+
+/// Forwards a worker's control lines and reports its exit.
+async fn watch(
+    id: u64,
+    child: &mut Child,
+    stdout: Option<tokio::process::ChildStdout>,
+    tx: &mpsc::UnboundedSender<Event>,
+) {
+    if let Some(out) = stdout {
+        let mut lines = BufReader::new(out).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line == READY_LINE {
+                let _ = tx.send(Event::Ready(id));
+            } else if !line.is_empty() {
+                // Something in the worker wrote to its stdout (a C extension, say).
+                info!(worker = id, "stdout: {line}");
+            }
+        }
+    }
+    let status = child.wait().await;
+    let _ = tx.send(Event::Exited(id, status));
+}
+
+fn backoff(n: u32) -> Duration {
+    let exp = n.saturating_sub(1).min(7);
+    Duration::from_millis(100 << exp).min(Duration::from_secs(10))
+}
+
+fn signal_pid(pid: u32, sig: i32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid)
+        && pid > 0
+    {
+        // SAFETY: kill(2) only sends a signal to our own child.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "exited".to_owned(),
+    }
+}
+
+/// A process's resident set size in MiB (Linux /proc).
+pub fn rss_mib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100_ms_up_to_10_s() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(4), Duration::from_millis(800));
+        assert_eq!(
+            backoff(50),
+            Duration::from_millis(12_800).min(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn rss_of_this_process_is_known() {
+        assert!(rss_mib(std::process::id()).is_some_and(|m| m > 0));
+    }
+}

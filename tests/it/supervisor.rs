@@ -1,0 +1,388 @@
+//! `pyfcgi serve --workers N` behind real nginx: rolling restarts (SIGHUP) without a failed
+//! request, a worker killed with SIGKILL (only its in-flight requests may fail: counted), a
+//! graceful SIGTERM that finishes every accepted request, recycling by --max-requests and
+//! --max-rss without failed requests, and a crash loop that stops with a clear error.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::{Nginx, Server, TempDir, kill, serve_command};
+
+fn app_spec() -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/workers_app.py");
+    format!("{}:app", p.display())
+}
+
+struct Stack {
+    server: Server,
+    nginx: Nginx,
+    _dir: TempDir,
+}
+
+impl Stack {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("workers");
+        let sock = dir.path().join("pyfcgi.sock");
+        let spec = app_spec();
+        let mut all = vec![spec.as_str()];
+        all.extend_from_slice(args);
+        let mut cmd = serve_command(&all);
+        cmd.arg("--bind")
+            .arg(format!("unix:{}", sock.display()))
+            .env("PYFCGI_LOG", "info")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let server = Server::from_command(cmd, None);
+        let upstream = format!(
+            "upstream pyfcgi {{ server unix:{}; keepalive 8; }}",
+            sock.display()
+        );
+        let params = Nginx::fastcgi_params();
+        let nginx = Nginx::start(
+            &upstream,
+            &format!("location / {{ {params} fastcgi_keep_conn on; fastcgi_pass pyfcgi; }}"),
+        );
+        Self {
+            server,
+            nginx,
+            _dir: dir,
+        }
+    }
+
+    fn wait_count(&self, needle: &str, n: usize, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if self.server.log().matches(needle).count() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- pyfcgi:\n{}\n--- nginx:\n{}",
+            self.server.log(),
+            self.nginx.error_log()
+        )
+    }
+}
+
+/// One HTTP GET through nginx; `Err` describes a failure (connection error or non-200).
+fn get(port: u16, path: &str) -> Result<u32, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(text.lines().next().unwrap_or("(nothing)").to_owned());
+    }
+    text.split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| b.trim().parse().ok())
+        .ok_or_else(|| format!("no pid in {text:?}"))
+}
+
+/// Client threads sending requests until stopped: (successes by pid, failures).
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(Vec<u32>, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(port: u16, clients: usize, path: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let (mut ok, mut failed) = (Vec::new(), Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        match get(port, path) {
+                            Ok(pid) => ok.push(pid),
+                            Err(e) => failed.push(e),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    fn finish(self) -> (Vec<u32>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        for t in self.threads {
+            let (o, f) = t.join().unwrap();
+            ok.extend(o);
+            failed.extend(f);
+        }
+        (ok, failed)
+    }
+}
+
+fn pids(ok: &[u32]) -> BTreeSet<u32> {
+    ok.iter().copied().collect()
+}
+
+#[test]
+fn sighup_rolling_restart_under_load_fails_no_request() {
+    // A 0.5 s import: during each replacement only the old workers can serve.
+    let s = Stack::start(&["--workers", "2"], &[("WORKERS_APP_IMPORT_DELAY", "0.5")]);
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    let load = Load::start(s.nginx.port, 4, "/");
+    std::thread::sleep(Duration::from_millis(500));
+    kill(s.server.pid(), libc::SIGHUP);
+    assert!(
+        s.wait_count("worker ready", 4, Duration::from_secs(30)),
+        "the new workers did not get ready: {}",
+        s.logs()
+    );
+    assert!(
+        s.wait_count("retiring worker", 2, Duration::from_secs(10)),
+        "{}",
+        s.logs()
+    );
+    // The old workers drain and exit while the load goes on.
+    assert!(
+        s.wait_count("worker exited with code 0", 2, Duration::from_secs(15)),
+        "the old workers did not exit: {}",
+        s.logs()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "{} failed requests: {:?}\n{}",
+        failed.len(),
+        &failed[..failed.len().min(5)],
+        s.logs()
+    );
+    assert!(ok.len() > 50, "only {} requests", ok.len());
+    // Both old workers answered before, and a new one after (nginx may keep all its
+    // kept-alive connections on one of the new workers).
+    assert!(
+        pids(&ok).len() >= 3,
+        "old and new workers should have answered: {:?}",
+        pids(&ok)
+    );
+}
+
+#[test]
+fn a_worker_killed_with_sigkill_loses_only_its_in_flight_requests_and_is_replaced() {
+    let s = Stack::start(&["--workers", "2"], &[]);
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    let clients = 4;
+    let load = Load::start(s.nginx.port, clients, "/sleep?0.05");
+    std::thread::sleep(Duration::from_millis(500));
+    let victim = get(s.nginx.port, "/").unwrap();
+    kill(victim, libc::SIGKILL);
+    assert!(
+        s.wait_count("worker ready", 3, Duration::from_secs(20)),
+        "no replacement: {}",
+        s.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failed) = load.finish();
+    // Each client has at most one request in flight, so at most `clients` can be lost.
+    assert!(
+        failed.len() <= clients,
+        "{} failed (more than the {clients} that can be in flight): {failed:?}",
+        failed.len()
+    );
+    eprintln!(
+        "SIGKILL of a worker: {} failed, {} succeeded",
+        failed.len(),
+        ok.len()
+    );
+    assert!(
+        s.server.log().contains("was killed by signal 9"),
+        "{}",
+        s.logs()
+    );
+    // nginx keeps using its kept-alive connections to the surviving worker; once that one
+    // is stopped too, the replacement answers.
+    let survivor = pids(&ok).into_iter().find(|p| *p != victim).unwrap();
+    kill(survivor, libc::SIGTERM);
+    let t0 = Instant::now();
+    let mut answered = None;
+    while t0.elapsed() < Duration::from_secs(10) {
+        if let Ok(pid) = get(s.nginx.port, "/")
+            && pid != victim
+            && pid != survivor
+        {
+            answered = Some(pid);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        answered.is_some(),
+        "the replacement never answered: {}",
+        s.logs()
+    );
+}
+
+#[test]
+fn sigterm_finishes_every_accepted_request_then_exits_0() {
+    let mut s = Stack::start(&["--workers", "2"], &[]);
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    let port = s.nginx.port;
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let results = Arc::clone(&results);
+            std::thread::spawn(move || {
+                let r = get(port, "/sleep?1");
+                results.lock().unwrap().push(r);
+            })
+        })
+        .collect();
+    // Let the requests reach the workers, then stop.
+    std::thread::sleep(Duration::from_millis(400));
+    kill(s.server.pid(), libc::SIGTERM);
+    for t in slow {
+        t.join().unwrap();
+    }
+    let status = s.server.wait_exit(Duration::from_secs(20));
+    let results = results.lock().unwrap();
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{results:?}\n{}",
+        s.logs()
+    );
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "{status:?}\n{}",
+        s.logs()
+    );
+    assert!(s.server.log().contains("graceful stop"), "{}", s.logs());
+}
+
+#[test]
+fn max_requests_with_jitter_recycles_workers_without_a_failed_request() {
+    let s = Stack::start(
+        &[
+            "--workers",
+            "2",
+            "--max-requests",
+            "20",
+            "--max-requests-jitter",
+            "10",
+        ],
+        &[],
+    );
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    let load = Load::start(s.nginx.port, 3, "/");
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30)
+        && s.server.log().matches("worker ready").count() < 6
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, failed) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}\n{}",
+        failed.len(),
+        &failed[..failed.len().min(5)],
+        s.logs()
+    );
+    assert!(
+        s.server.log().matches("worker ready").count() >= 6,
+        "workers did not recycle: {}",
+        s.logs()
+    );
+    assert!(pids(&ok).len() >= 4, "{:?}", pids(&ok));
+}
+
+#[test]
+fn a_worker_over_max_rss_is_replaced() {
+    let s = Stack::start(&["--workers", "1", "--max-rss", "150"], &[]);
+    assert!(
+        s.wait_count("worker ready", 1, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    let first = get(s.nginx.port, "/").unwrap();
+    for _ in 0..8 {
+        get(s.nginx.port, "/leak").unwrap();
+    }
+    assert!(
+        s.wait_count("over --max-rss 150", 1, Duration::from_secs(10)),
+        "{}",
+        s.logs()
+    );
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    let t0 = Instant::now();
+    let mut now = first;
+    while t0.elapsed() < Duration::from_secs(10) && now == first {
+        now = get(s.nginx.port, "/").unwrap();
+    }
+    assert_ne!(now, first, "the leaking worker still answers: {}", s.logs());
+}
+
+#[test]
+fn workers_that_cannot_import_stop_the_supervisor_with_exit_5() {
+    let dir = TempDir::new("workers-crash");
+    let sock = dir.path().join("pyfcgi.sock");
+    let out = crate::support::run_pyfcgi(
+        &[
+            "serve",
+            &app_spec(),
+            "--workers",
+            "2",
+            "--crash-limit",
+            "3",
+            "--bind",
+            &format!("unix:{}", sock.display()),
+        ],
+        &[("WORKERS_APP_FAIL", "1"), ("PYFCGI_LOG", "info")],
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), Some(5), "{}", out.stderr);
+    assert!(out.stderr.contains("--crash-limit"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the app cannot import (test)"),
+        "{}",
+        out.stderr
+    );
+    assert!(!sock.exists(), "the socket file was left behind");
+}
