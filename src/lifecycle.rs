@@ -59,16 +59,8 @@ pub struct RestartWatcher {
 impl RestartWatcher {
     /// Starts watching. The regex is matched against the full path of each changed file.
     pub fn start(root: &Path, pattern: &str, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let regex = regex::Regex::new(pattern).with_context(|| {
-            format!("invalid restart regex {pattern:?} (WSGI_RESTART_FILE_REGEX / --restart-regex)")
-        })?;
         let fired = Arc::new(AtomicBool::new(false));
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if !(event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove()) {
-                return;
-            }
-            let Some(path) = event.paths.iter().find(|p| regex.is_match(&p.to_string_lossy())) else { return };
+        Self::on_change(root, pattern, move |path| {
             if fired.swap(true, Ordering::AcqRel) {
                 return;
             }
@@ -79,7 +71,33 @@ impl RestartWatcher {
                 shutdown.cancel();
             });
         })
-        .context("cannot start the file watcher")?;
+    }
+
+    /// Calls `f` (on the watcher's thread) for every created, modified or removed file under
+    /// `root` whose full path matches `pattern`.
+    pub fn on_change(
+        root: &Path,
+        pattern: &str,
+        f: impl Fn(&Path) + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        let regex = regex::Regex::new(pattern).with_context(|| {
+            format!("invalid restart regex {pattern:?} (WSGI_RESTART_FILE_REGEX / --restart-regex)")
+        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if !(event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove()) {
+                    return;
+                }
+                if let Some(path) = event
+                    .paths
+                    .iter()
+                    .find(|p| regex.is_match(&p.to_string_lossy()))
+                {
+                    f(path);
+                }
+            })
+            .context("cannot start the file watcher")?;
         watcher
             .watch(root, RecursiveMode::Recursive)
             .with_context(|| format!("cannot watch {}", root.display()))?;

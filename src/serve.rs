@@ -152,6 +152,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PYFCGI_WORKERS", value_name = "N|auto", value_parser = parse_workers)]
     pub workers: Option<usize>,
 
+    /// Development: watch the app's Python files and do a rolling restart (as SIGHUP) when
+    /// one changes. Implies --workers 1 when --workers is not given. Watches --app-root, else
+    /// --chdir, else the folder of an APP given as a .py path, else the working directory.
+    #[arg(long, env = "PYFCGI_RELOAD")]
+    pub reload: bool,
+
     /// With --workers: add a random 0..=J to each worker's --max-requests, so that the
     /// workers do not all recycle at once.
     #[arg(
@@ -488,7 +494,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
     if let Some(src) = CONFIG_SOURCES.get() {
         info!(files = ?src.files, overridden_by_env_or_cli = ?src.shadowed, "settings read from config files");
     }
-    if let Some(n) = args.workers
+    if let Some(n) = args.workers.or(args.reload.then_some(1))
         && !is_supervised_worker()
     {
         return supervise(&args, n);

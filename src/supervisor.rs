@@ -84,6 +84,8 @@ impl Settings {
 enum Event {
     Ready(u64),
     Exited(u64, std::io::Result<ExitStatus>),
+    /// `--reload`: a watched file changed.
+    Changed(std::path::PathBuf),
 }
 
 struct Worker {
@@ -191,9 +193,16 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
         last_failure: String::new(),
         seed,
     };
+    // Watching first: a change made while the first workers start is not missed.
+    let _watchers = if args.reload {
+        reload_watchers(args, &sup.events)
+    } else {
+        Vec::new()
+    };
     for _ in 0..sup.settings.workers {
         sup.spawn()?;
     }
+    let mut reload_at: Option<Instant> = None;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -212,9 +221,22 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
             ev = rx.recv() => match ev {
                 Some(Event::Ready(id)) => sup.ready(id),
                 Some(Event::Exited(id, status)) => sup.exited(id, &status),
+                Some(Event::Changed(path)) => {
+                    if reload_at.is_none() {
+                        info!(path = %path.display(), "--reload: file changed; rolling restart shortly");
+                    }
+                    // Debounced: editors write in several steps.
+                    reload_at = Some(Instant::now() + Duration::from_millis(300));
+                }
                 None => {}
             },
-            _ = tick.tick() => sup.tick(),
+            _ = tick.tick() => {
+                if reload_at.is_some_and(|t| Instant::now() >= t) {
+                    reload_at = None;
+                    sup.rolling_restart();
+                }
+                sup.tick();
+            }
         }
         if sup.stopping != Stopping::No {
             if sup.workers.is_empty() {
@@ -524,6 +546,40 @@ impl Supervisor {
             signal_pid(w.pid, sig);
         }
     }
+}
+
+/// `--reload`: watchers of the app's folders, reporting `.py` changes.
+fn reload_watchers(
+    args: &ServeArgs,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Vec<crate::lifecycle::RestartWatcher> {
+    // --app-root, else --chdir, else the folder of an APP given as a .py path, else the
+    // working directory.
+    let spec = args.app.as_deref().or(args.app_option.as_deref());
+    let app_file_dir = spec
+        .and_then(|s| s.split_once(':').map(|(f, _)| std::path::Path::new(f)))
+        .filter(|f| f.extension().is_some_and(|e| e == "py"))
+        .and_then(|f| std::path::absolute(f).ok())
+        .and_then(|f| f.parent().map(std::path::Path::to_path_buf));
+    let dirs: Vec<std::path::PathBuf> = args
+        .app_root
+        .clone()
+        .or_else(|| args.python.chdir.clone())
+        .or(app_file_dir)
+        .or_else(|| std::env::current_dir().ok())
+        .into_iter()
+        .collect();
+    let mut watchers = Vec::new();
+    for dir in dirs {
+        let tx = events.clone();
+        match crate::lifecycle::RestartWatcher::on_change(&dir, r"\.py$", move |path| {
+            let _ = tx.send(Event::Changed(path.to_owned()));
+        }) {
+            Ok(w) => watchers.push(w),
+            Err(e) => warn!("--reload: {e:#}"),
+        }
+    }
+    watchers
 }
 
 /// Forwards a worker's control lines and reports its exit.

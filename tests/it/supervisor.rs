@@ -386,3 +386,46 @@ fn workers_that_cannot_import_stop_the_supervisor_with_exit_5() {
     );
     assert!(!sock.exists(), "the socket file was left behind");
 }
+
+#[test]
+fn reload_restarts_the_workers_when_a_python_file_changes() {
+    let dir = TempDir::new("workers-reload");
+    let app = dir.path().join("app.py");
+    let version = |v: &str| {
+        format!(
+            "def app(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'{v}']\n"
+        )
+    };
+    std::fs::write(&app, version("1")).unwrap();
+    let sock = dir.path().join("pyfcgi.sock");
+    let spec = format!("{}:app", app.display());
+    let mut cmd = serve_command(&[&spec, "--reload"]);
+    cmd.arg("--bind")
+        .arg(format!("unix:{}", sock.display()))
+        .env("PYFCGI_LOG", "info")
+        .stdin(Stdio::null());
+    let server = Server::from_command(cmd, None);
+    let params = Nginx::fastcgi_params();
+    let nginx = Nginx::start(
+        &format!("upstream pyfcgi {{ server unix:{}; }}", sock.display()),
+        &format!("location / {{ {params} fastcgi_pass pyfcgi; }}"),
+    );
+    let body = |_: ()| crate::support::http(nginx.port, "GET", "/", &[], b"").2;
+    assert_eq!(body(()), b"1", "{}", server.log());
+    std::fs::write(&app, version("2")).unwrap();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) && body(()) != b"2" {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        body(()),
+        b"2",
+        "the change was not picked up: {}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("--reload: file changed"),
+        "{}",
+        server.log()
+    );
+}
