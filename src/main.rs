@@ -9,6 +9,7 @@ mod lazy;
 #[cfg_attr(not(feature = "python"), allow(dead_code, unused_imports))]
 mod lifecycle;
 mod logging;
+mod metrics;
 #[cfg(feature = "python")]
 mod python;
 #[cfg(feature = "python")]

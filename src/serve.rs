@@ -202,6 +202,22 @@ pub struct ServeArgs {
     )]
     pub ready_timeout: f64,
 
+    /// Answer this path (e.g. /pyfcgi-status) with the server's status, from Rust, without
+    /// calling the app: JSON, or the Prometheus text format with ?format=prometheus or an
+    /// Accept: text/plain header. 503 until the app is ready. With --workers, the totals of
+    /// every worker. Keep it away from the public (an nginx `location` with `allow`/`deny`).
+    #[arg(long, env = "PYFCGI_STATUS_PATH", value_name = "PATH")]
+    pub status_path: Option<String>,
+
+    /// Write one line per request to this file (appended; `-` for stderr).
+    #[arg(long, env = "PYFCGI_ACCESS_LOG", value_name = "PATH")]
+    pub access_log: Option<PathBuf>,
+
+    /// The access log line: {time} {remote} {method} {uri} {status} {bytes} {duration_ms}
+    /// {duration_us} {request_id} {pid}.
+    #[arg(long, env = "PYFCGI_ACCESS_LOG_FORMAT", value_name = "FORMAT", default_value = crate::metrics::DEFAULT_ACCESS_FORMAT)]
+    pub access_log_format: String,
+
     /// Permissions of a new unix socket file, in octal (e.g. 660).
     #[arg(long, env = "PYFCGI_SOCKET_MODE", value_name = "MODE", value_parser = parse_mode)]
     pub socket_mode: Option<u32>,
@@ -873,6 +889,20 @@ async fn serve_async<H: pyfcgi_server::Handler>(
         answer_unknown_type: true,
     };
     let idle = seconds("idle-timeout", args.idle_timeout)?;
+    // Metrics when someone reads them (the status path, the supervisor); the access log.
+    let mut observers: Vec<Arc<dyn pyfcgi_server::observe::Observer>> = Vec::new();
+    if args.status_path.is_some() || is_supervised_worker() {
+        observers.push(Arc::clone(crate::metrics::global()) as _);
+    }
+    if let Some(target) = &args.access_log {
+        let log = crate::metrics::AccessLog::open(target, &args.access_log_format)?;
+        observers.push(Arc::new(log));
+    }
+    let observer: Option<Arc<dyn pyfcgi_server::observe::Observer>> = match observers.len() {
+        0 => None,
+        1 => observers.pop(),
+        _ => Some(Arc::new(crate::metrics::Observers(observers))),
+    };
     let config = ServerConfig {
         conn: ConnConfig {
             limits,
@@ -882,6 +912,7 @@ async fn serve_async<H: pyfcgi_server::Handler>(
                 queue: 8,
                 max_memory: usize::try_from(args.max_body_memory).unwrap_or(usize::MAX),
             },
+            observer,
             ..ConnConfig::default()
         },
         max_conns: args.max_conns.max(1),
@@ -895,7 +926,16 @@ async fn serve_async<H: pyfcgi_server::Handler>(
     );
     #[cfg(unix)]
     crate::supervisor::notify_ready();
-    let outcome = pyfcgi_server::serve(listener, handler, config, shutdown).await?;
+    if is_supervised_worker() {
+        crate::metrics::spawn_stats_pusher();
+    }
+    let outcome = match &args.status_path {
+        Some(path) => {
+            let handler = Arc::new(crate::metrics::StatusHandler::new(handler, path.clone()));
+            pyfcgi_server::serve(listener, handler, config, shutdown).await?
+        }
+        None => pyfcgi_server::serve(listener, handler, config, shutdown).await?,
+    };
     info!(?outcome, "pyfcgi stopped");
     Ok(outcome)
 }

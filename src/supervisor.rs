@@ -86,6 +86,8 @@ enum Event {
     Exited(u64, std::io::Result<ExitStatus>),
     /// `--reload`: a watched file changed.
     Changed(std::path::PathBuf),
+    /// A worker's counters (sent once a second).
+    Stats(u64, serde_json::Value),
 }
 
 struct Worker {
@@ -94,6 +96,8 @@ struct Worker {
     ready: bool,
     /// Sent SIGTERM on purpose (rolling restart, a limit, shutdown): its exit is expected.
     retiring: bool,
+    /// Its last stats line.
+    stats: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -124,6 +128,11 @@ struct Supervisor {
     stopping: Stopping,
     last_failure: String,
     seed: u64,
+    /// Workers started after the first ones (replacements).
+    restarts: u64,
+    started: Instant,
+    /// `--status-path`: where the aggregate status goes for the workers to serve.
+    status_file: Option<std::path::PathBuf>,
 }
 
 /// Runs the supervisor until it is stopped; returns the process exit code.
@@ -192,7 +201,13 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
         stopping: Stopping::No,
         last_failure: String::new(),
         seed,
+        restarts: 0,
+        started: Instant::now(),
+        status_file: args.status_path.as_ref().map(|_| {
+            std::env::temp_dir().join(format!("pyfcgi-status-{}.json", std::process::id()))
+        }),
     };
+    sup.write_status();
     // Watching first: a change made while the first workers start is not missed.
     let _watchers = if args.reload {
         reload_watchers(args, &sup.events)
@@ -202,7 +217,9 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
     for _ in 0..sup.settings.workers {
         sup.spawn()?;
     }
+    sup.restarts = 0;
     let mut reload_at: Option<Instant> = None;
+    let mut ticks: u64 = 0;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -221,6 +238,11 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
             ev = rx.recv() => match ev {
                 Some(Event::Ready(id)) => sup.ready(id),
                 Some(Event::Exited(id, status)) => sup.exited(id, &status),
+                Some(Event::Stats(id, v)) => {
+                    if let Some(w) = sup.workers.get_mut(&id) {
+                        w.stats = Some(v);
+                    }
+                }
                 Some(Event::Changed(path)) => {
                     if reload_at.is_none() {
                         info!(path = %path.display(), "--reload: file changed; rolling restart shortly");
@@ -231,6 +253,10 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
                 None => {}
             },
             _ = tick.tick() => {
+                ticks += 1;
+                if ticks.is_multiple_of(4) {
+                    sup.write_status();
+                }
                 if reload_at.is_some_and(|t| Instant::now() >= t) {
                     reload_at = None;
                     sup.rolling_restart();
@@ -260,6 +286,9 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
         }
     };
     drop(listener);
+    if let Some(f) = &sup.status_file {
+        let _ = std::fs::remove_file(f);
+    }
     info!("pyfcgi supervisor stopped");
     Ok(code)
 }
@@ -287,6 +316,9 @@ impl Supervisor {
             .as_fd()
             .try_clone_to_owned()
             .context("cannot duplicate the listening socket for a worker")?;
+        if let Some(f) = &self.status_file {
+            cmd.env(crate::metrics::STATUS_FILE_ENV, f);
+        }
         cmd.stdin(Stdio::from(stdin))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -310,6 +342,7 @@ impl Supervisor {
         let mut child = cmd.spawn().context("cannot start a worker process")?;
         let pid = child.id().unwrap_or_default();
         info!(worker = id, pid, "worker started");
+        self.restarts += 1;
         self.workers.insert(
             id,
             Worker {
@@ -317,6 +350,7 @@ impl Supervisor {
                 started: Instant::now(),
                 ready: false,
                 retiring: false,
+                stats: None,
             },
         );
         let tx = self.events.clone();
@@ -325,6 +359,39 @@ impl Supervisor {
             watch(id, &mut child, stdout, &tx).await;
         });
         Ok(id)
+    }
+
+    /// The aggregate status, written atomically (temp file, rename) for the workers.
+    fn write_status(&self) {
+        let Some(path) = &self.status_file else {
+            return;
+        };
+        let mut ids: Vec<&u64> = self.workers.keys().collect();
+        ids.sort();
+        let views: Vec<crate::metrics::WorkerView> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let w = self.workers.get(id)?;
+                Some(crate::metrics::WorkerView {
+                    id: *id,
+                    pid: w.pid,
+                    ready: w.ready && !w.retiring,
+                    rss_mib: crate::metrics::rss_mib(w.pid),
+                    uptime_s: w.started.elapsed().as_secs_f64(),
+                    stats: w.stats.clone(),
+                })
+            })
+            .collect();
+        let doc = crate::metrics::status(
+            &views,
+            self.restarts,
+            self.started.elapsed().as_secs_f64(),
+            true,
+        );
+        let tmp = path.with_extension("json.tmp");
+        if std::fs::write(&tmp, doc.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
     }
 
     fn ready(&mut self, id: u64) {
@@ -497,7 +564,7 @@ impl Supervisor {
                 continue;
             }
             if self.settings.max_rss_mib > 0
-                && let Some(rss) = rss_mib(w.pid)
+                && let Some(rss) = crate::metrics::rss_mib(w.pid)
                 && rss > self.settings.max_rss_mib
             {
                 over.push((
@@ -594,6 +661,10 @@ async fn watch(
         while let Ok(Some(line)) = lines.next_line().await {
             if line == READY_LINE {
                 let _ = tx.send(Event::Ready(id));
+            } else if let Some(json) = line.strip_prefix(crate::metrics::STATS_PREFIX) {
+                if let Ok(v) = serde_json::from_str(json) {
+                    let _ = tx.send(Event::Stats(id, v));
+                }
             } else if !line.is_empty() {
                 // Something in the worker wrote to its stdout (a C extension, say).
                 info!(worker = id, "stdout: {line}");
@@ -629,19 +700,6 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// A process's resident set size in MiB (Linux /proc).
-pub fn rss_mib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kib / 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -659,6 +717,6 @@ mod tests {
 
     #[test]
     fn rss_of_this_process_is_known() {
-        assert!(rss_mib(std::process::id()).is_some_and(|m| m > 0));
+        assert!(crate::metrics::rss_mib(std::process::id()).is_some_and(|m| m > 0));
     }
 }

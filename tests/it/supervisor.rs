@@ -429,3 +429,126 @@ fn reload_restarts_the_workers_when_a_python_file_changes() {
         server.log()
     );
 }
+
+/// Parses Prometheus text: `name{labels}` → value; panics on a malformed sample line.
+fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let base = name.split('{').next().unwrap();
+        assert!(
+            base.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad metric name in {line:?}"
+        );
+        out.insert(name.to_owned(), v);
+    }
+    out
+}
+
+#[test]
+fn the_status_path_reports_every_worker_as_json_and_prometheus_and_the_access_log_has_each_request()
+{
+    let dir = TempDir::new("workers-status");
+    let access = dir.path().join("logs").join("access.log");
+    let s = Stack::start(
+        &[
+            "--workers",
+            "2",
+            "--status-path",
+            "/pyfcgi-status",
+            "--access-log",
+            access.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    for _ in 0..20 {
+        get(s.nginx.port, "/").unwrap();
+    }
+    let (st, _, missing) = crate::support::http(s.nginx.port, "GET", "/sleep?0.01", &[], b"");
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&missing));
+    // The workers report once a second, the supervisor aggregates once a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (st, headers, body) = crate::support::http(s.nginx.port, "GET", "/pyfcgi-status", &[], b"");
+    assert_eq!(st, 200, "{}", s.logs());
+    assert!(headers.contains("application/json"), "{headers}");
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["ready"], true, "{doc}");
+    assert_eq!(doc["supervised"], true);
+    assert_eq!(doc["workers_alive"], 2, "{doc}");
+    assert_eq!(doc["workers_ready"], 2, "{doc}");
+    assert!(doc["requests"].as_u64().unwrap() >= 21, "{doc}");
+    assert!(doc["responses"]["2xx"].as_u64().unwrap() >= 21, "{doc}");
+    assert!(doc["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{doc}");
+    let workers = doc["workers"].as_array().unwrap();
+    assert!(
+        workers.iter().all(|w| w["rss_mib"].as_u64().unwrap() > 0),
+        "{doc}"
+    );
+
+    let (st, headers, body) = crate::support::http(
+        s.nginx.port,
+        "GET",
+        "/pyfcgi-status?format=prometheus",
+        &[],
+        b"",
+    );
+    assert_eq!(st, 200);
+    assert!(headers.contains("text/plain; version=0.0.4"), "{headers}");
+    let m = parse_prometheus(&String::from_utf8_lossy(&body));
+    assert_eq!(m["pyfcgi_up"], 1.0);
+    assert_eq!(m["pyfcgi_workers_ready"], 2.0);
+    assert!(m["pyfcgi_requests_total{class=\"2xx\"}"] >= 21.0, "{m:?}");
+    assert!(
+        m["pyfcgi_request_duration_seconds{quantile=\"0.99\"}"] > 0.0,
+        "{m:?}"
+    );
+    assert!(m["pyfcgi_request_duration_seconds_count"] >= 21.0, "{m:?}");
+    assert_eq!(
+        m.keys()
+            .filter(|k| k.starts_with("pyfcgi_worker_resident_memory_bytes"))
+            .count(),
+        2,
+        "{m:?}"
+    );
+
+    // The access log: one line per request from both workers (one file, append mode).
+    let log = std::fs::read_to_string(&access).unwrap();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains(" \"GET /\" 200 "))
+            .count()
+            >= 20,
+        "{log}"
+    );
+    assert!(log.contains(" \"GET /sleep?0.01\" 200 "), "{log}");
+    assert!(
+        log.lines()
+            .all(|l| l.contains(" id=") && l.ends_with(char::is_numeric)),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_single_process_answers_the_status_path_too() {
+    let s = Stack::start(&["--status-path", "/st"], &[]);
+    get(s.nginx.port, "/").unwrap();
+    let (st, _, body) = crate::support::http(s.nginx.port, "GET", "/st", &[], b"");
+    assert_eq!(st, 200, "{}", s.logs());
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["supervised"], false);
+    assert_eq!(doc["workers_alive"], 1);
+    assert!(doc["requests"].as_u64().unwrap() >= 1, "{doc}");
+}

@@ -298,7 +298,7 @@ fn worker(me: usize, rx: &JobQueue<Job>, app: &AppState, cfg: &WsgiConfig) {
                     }
                 }
                 Resolved::Failed(detail) => {
-                    let seq = wsgi::next_request_seq();
+                    let seq = request.seq;
                     let page = error_page(
                         "500 Internal Server Error",
                         "Internal Server Error: the application failed to load. The server log has the details.",

@@ -43,6 +43,8 @@ pub struct ConnConfig {
     pub read_buffer: usize,
     /// Pad records to 8 bytes (spec §3.3 "should"; no web server needs it).
     pub align_records: bool,
+    /// Told about every request's start and end (access log, metrics).
+    pub observer: Option<Arc<dyn crate::observe::Observer>>,
 }
 
 impl Default for ConnConfig {
@@ -57,6 +59,7 @@ impl Default for ConnConfig {
             response_buffer: 256 * 1024,
             read_buffer: 64 * 1024,
             align_records: false,
+            observer: None,
         }
     }
 }
@@ -395,15 +398,26 @@ async fn process<H: Handler>(
                 let (feeder, body_rx) = body::channel(&config.body);
                 a.body = Some(feeder);
                 a.started = true;
+                let seq = crate::observe::next_request_seq();
+                let track = config
+                    .observer
+                    .as_ref()
+                    .map(|o| crate::observe::Track::new(Arc::clone(o), seq, &params));
                 let request = Request {
                     id,
+                    seq,
                     params,
                     keep_conn: a.keep_conn,
                     body: body_rx,
                     abort: a.abort.clone(),
                 };
-                let response =
-                    ResponseWriter::new(id, a.keep_conn, Arc::clone(out), a.stdin_done.clone());
+                let response = ResponseWriter::new(
+                    id,
+                    a.keep_conn,
+                    Arc::clone(out),
+                    a.stdin_done.clone(),
+                    track,
+                );
                 if let Err((request, response)) = handler.try_handle_now(request, response) {
                     let handler = Arc::clone(handler);
                     tokio::spawn(async move { handler.handle(request, response).await });

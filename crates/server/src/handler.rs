@@ -35,11 +35,31 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+impl<H: Handler> Handler for Arc<H> {
+    fn handle(
+        &self,
+        request: Request,
+        response: ResponseWriter,
+    ) -> impl Future<Output = ()> + Send {
+        (**self).handle(request, response)
+    }
+
+    fn try_handle_now(
+        &self,
+        request: Request,
+        response: ResponseWriter,
+    ) -> Result<(), (Request, ResponseWriter)> {
+        (**self).try_handle_now(request, response)
+    }
+}
+
 /// One Responder request, passed to the handler once its params are complete.
 #[derive(Debug)]
 pub struct Request {
     /// The FastCGI request id (unique among the connection's active requests).
     pub id: u16,
+    /// A process-unique request number, for logs and error pages.
+    pub seq: u64,
     /// The CGI/1.1 variables the web server sent.
     pub params: Params,
     /// Whether the web server keeps the connection after this request (`FCGI_KEEP_CONN`).
@@ -210,6 +230,8 @@ pub struct ResponseWriter {
     /// Body bytes not yet handed to the connection: held for the gate, or deferred to go out
     /// with the next write or the end.
     held: BytesMut,
+    /// The observer's bookkeeping, when one is configured.
+    track: Option<Box<crate::observe::Track>>,
 }
 
 impl std::fmt::Debug for ResponseWriter {
@@ -224,7 +246,13 @@ impl std::fmt::Debug for ResponseWriter {
 }
 
 impl ResponseWriter {
-    pub(crate) fn new(id: u16, keep_conn: bool, out: Arc<Out>, gate: StdinGate) -> Self {
+    pub(crate) fn new(
+        id: u16,
+        keep_conn: bool,
+        out: Arc<Out>,
+        gate: StdinGate,
+        track: Option<Box<crate::observe::Track>>,
+    ) -> Self {
         out.writer_opened();
         Self {
             id,
@@ -233,6 +261,19 @@ impl ResponseWriter {
             runtime: tokio::runtime::Handle::current(),
             gate,
             held: BytesMut::new(),
+            track,
+        }
+    }
+
+    fn note_sent(&mut self, data: &[u8]) {
+        if let Some(t) = self.track.as_mut() {
+            t.sent(data);
+        }
+    }
+
+    fn note_end(&mut self, app_status: u32) {
+        if let Some(t) = self.track.take() {
+            t.end(app_status);
         }
     }
 
@@ -268,12 +309,20 @@ impl ResponseWriter {
 
     /// Hands `data` (after anything held) to the connection, with `end` if given.
     fn push(&mut self, data: &[u8], end: Option<End>) -> Result<(), WriteError> {
-        let out = self.out.as_ref().ok_or(WriteError::Closed)?;
+        if self.out.is_none() {
+            return Err(WriteError::Closed);
+        }
         if self.held.is_empty() {
+            self.note_sent(data);
+            let out = self.out.as_ref().ok_or(WriteError::Closed)?;
             return out.push(RecordType::Stdout, self.id, data, end);
         }
         self.held.extend_from_slice(data);
-        let r = out.push(RecordType::Stdout, self.id, &self.held, end);
+        let held = std::mem::take(&mut self.held);
+        self.note_sent(&held);
+        let out = self.out.as_ref().ok_or(WriteError::Closed)?;
+        let r = out.push(RecordType::Stdout, self.id, &held, end);
+        self.held = held;
         self.held.clear();
         r
     }
@@ -388,6 +437,7 @@ impl ResponseWriter {
     fn finish(&mut self, app_status: u32) -> Result<(), WriteError> {
         let end = self.end_marker(app_status);
         let r = self.push(&[], Some(end));
+        self.note_end(app_status);
         if let Some(out) = self.out.take() {
             out.writer_finished();
         }
@@ -397,6 +447,10 @@ impl ResponseWriter {
 
 impl Drop for ResponseWriter {
     fn drop(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        self.note_sent(&held);
+        self.held = held;
+        self.note_end(1);
         let Some(out) = self.out.take() else { return };
         let end = self.end_marker(1);
         if self.held.is_empty() || self.gate.is_open() {

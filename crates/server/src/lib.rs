@@ -19,6 +19,7 @@ pub mod builtin;
 pub mod conn;
 mod error;
 pub mod handler;
+pub mod observe;
 mod out;
 pub mod process;
 pub mod serve;

@@ -607,6 +607,7 @@ impl AsgiHandler {
             }
             return;
         }
+        let request_seq = request.seq;
         let Request {
             params,
             mut body,
@@ -618,6 +619,7 @@ impl AsgiHandler {
         let (tx, rx) = unbounded_channel();
         let mut state = Drive {
             shared: &self.shared,
+            seq: request_seq,
             link: Arc::new(Link::default()),
             head_only,
             response: Some(response),
@@ -645,6 +647,8 @@ impl AsgiHandler {
 /// One request's task: carries out the app's steps.
 struct Drive<'a> {
     shared: &'a Shared,
+    /// The request id, for the log and the 500 page.
+    seq: u64,
     link: Arc<Link>,
     head_only: bool,
     response: Option<ResponseWriter>,
@@ -837,9 +841,8 @@ impl Drive<'_> {
     }
 
     async fn finish(&mut self, started: bool, error: Option<&str>) {
-        let seq = crate::wsgi::next_request_seq();
         if let Some(e) = error {
-            error!(request = seq, "ASGI application error: {e}");
+            error!(request = self.seq, "ASGI application error: {e}");
         }
         if let Some(mut r) = self.response.take() {
             match self.held_head.take() {
@@ -850,7 +853,7 @@ impl Drive<'_> {
                     let page = crate::wsgi::response::error_page(
                         "500 Internal Server Error",
                         "Internal Server Error",
-                        seq,
+                        self.seq,
                         detail,
                     );
                     if r.write(page).await.is_ok() {

@@ -9,8 +9,6 @@ pub(crate) mod environ;
 pub mod input;
 pub mod response;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use pyfcgi_server::{Request, ResponseWriter};
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyTypeError};
 use pyo3::prelude::*;
@@ -62,13 +60,6 @@ impl Default for WsgiConfig {
     }
 }
 
-static REQUEST_SEQ: AtomicU64 = AtomicU64::new(1);
-
-/// A process-unique request number for logs (FastCGI ids repeat).
-pub fn next_request_seq() -> u64 {
-    REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
-}
-
 /// How a request failed before any header went out, for the 500 page.
 enum Failure {
     /// The app raised; the traceback is logged and (with --detailed-errors) shown.
@@ -85,7 +76,7 @@ pub fn run_request(
     response: ResponseWriter,
     cfg: &WsgiConfig,
 ) {
-    let seq = next_request_seq();
+    let seq = request.seq;
     let Request {
         params,
         body,
