@@ -58,6 +58,7 @@ pub fn init_stderr(level: &str) {
 
 /// From now on, [`init_stderr`]'s log goes to the file at `path` (`{pid}` expanded),
 /// without colours... (under IIS the web.config's `WSGI_LOG`, known from the first request).
+#[cfg_attr(not(feature = "python"), allow(dead_code))] // used by the first-request setup
 pub fn attach_file(path: &Path, rotation: Rotation) -> anyhow::Result<PathBuf> {
     let path = expand_path(path);
     let file = RotatingFile::open(&path, rotation)

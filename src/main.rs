@@ -117,6 +117,7 @@ pub(crate) fn serve_args_for_root(
 
 /// `pyfcgi --version`: the version, the git revision, the Python built for and the one found.
 fn version_report() -> String {
+    #[cfg(feature = "python")]
     use std::fmt::Write as _;
     let mut s = format!(
         "pyfcgi {} (git {})\n",

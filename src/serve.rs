@@ -454,6 +454,24 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
         .with_context(|| format!("--{name} must be a non-negative number of seconds, got {v}"))
 }
 
+/// The socket systemd passed (socket activation: `LISTEN_PID` is this process and
+/// `LISTEN_FDS` at least 1): descriptor 3. Only the first one is used.
+pub(crate) fn systemd_socket() -> Option<i32> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.trim().parse().ok()?;
+    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.trim().parse().ok()?;
+    if pid != std::process::id() || fds == 0 {
+        return None;
+    }
+    if fds > 1 {
+        warn!(
+            fds,
+            "systemd passed several sockets (LISTEN_FDS); pyfcgi serves the first one only"
+        );
+    }
+    info!("using the socket systemd passed (socket activation)");
+    Some(3)
+}
+
 /// `--workers N`: the supervisor (Unix; IIS starts its own processes on Windows).
 #[cfg(unix)]
 fn supervise(args: &ServeArgs, workers: usize) -> ExitCode {
@@ -868,6 +886,8 @@ async fn serve_async<H: pyfcgi_server::Handler>(
     };
     let bind = if let Some(b) = &args.bind {
         b.parse::<Bind>()?
+    } else if let Some(fd) = systemd_socket() {
+        Bind::Fd(fd)
     } else {
         if inspect_stdin().is_none() {
             bail!(

@@ -147,6 +147,7 @@ pub fn main(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
 async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
     let bind = match &args.bind {
         Some(b) => b.parse::<pyfcgi_server::Bind>()?,
+        None if crate::serve::systemd_socket().is_some() => pyfcgi_server::Bind::Fd(3),
         None => match pyfcgi_server::transport::inspect_stdin() {
             Some(pyfcgi_server::transport::StdinKind::Listening) => pyfcgi_server::Bind::Fd(0),
             Some(_) => bail!(

@@ -552,3 +552,49 @@ fn a_single_process_answers_the_status_path_too() {
     assert_eq!(doc["workers_alive"], 1);
     assert!(doc["requests"].as_u64().unwrap() >= 1, "{doc}");
 }
+
+#[test]
+fn systemd_socket_activation_serves_the_passed_socket_with_workers() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("systemd");
+    let sock = dir.path().join("activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fd = listener.as_raw_fd();
+    // As systemd does: the socket on descriptor 3, LISTEN_PID = the service's own pid.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" serve --builtin hello --workers 2")
+        .arg(crate::support::pyfcgi())
+        .env("PYFCGI_LOG", "info")
+        .stdin(Stdio::null());
+    // SAFETY: dup2 in the child before exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == 3 {
+                // dup2(3, 3) would keep close-on-exec.
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let s = Server::from_command(cmd, None);
+    drop(listener);
+    let params = Nginx::fastcgi_params();
+    let nginx = Nginx::start(
+        &format!("upstream pyfcgi {{ server unix:{}; }}", sock.display()),
+        &format!("location / {{ {params} fastcgi_pass pyfcgi; }}"),
+    );
+    let (st, _, body) = crate::support::http(nginx.port, "GET", "/", &[], b"");
+    assert_eq!(
+        (st, body.as_slice()),
+        (200, &b"Hello, World!"[..]),
+        "{}",
+        s.log()
+    );
+    assert!(s.log().contains("socket activation"), "{}", s.log());
+    assert!(s.wait_log("worker ready"), "{}", s.log());
+}
