@@ -7,6 +7,7 @@
 
 mod support;
 
+mod apache;
 mod app_loading;
 mod asgi;
 mod bench;

@@ -68,8 +68,17 @@ pub(super) fn build<'py>(
     scope.set_item("scheme", &scheme)?;
     // root_path and path as WSGI's SCRIPT_NAME and PATH_INFO (IIS: from APPL_MD_PATH); ASGI's
     // path includes root_path.
-    let script_name = get("SCRIPT_NAME").map(text).unwrap_or_default();
-    let path_info = get("PATH_INFO").map(text).unwrap_or_default();
+    let (script_name, path_info) = if crate::wsgi::environ::is_apache_proxy_fcgi(params) {
+        (
+            String::new(),
+            get("SCRIPT_NAME").map(text).unwrap_or_default(),
+        )
+    } else {
+        (
+            get("SCRIPT_NAME").map(text).unwrap_or_default(),
+            get("PATH_INFO").map(text).unwrap_or_default(),
+        )
+    };
     let prefix = cfg.script_name.clone().or_else(|| {
         params
             .get_str("APPL_MD_PATH")

@@ -56,6 +56,16 @@ fn key<'py>(py: Python<'py>, name: &[u8]) -> Bound<'py, PyString> {
     })
 }
 
+/// Apache's mod_proxy_fcgi puts the whole URL path in `SCRIPT_NAME` and sends no
+/// `PATH_INFO` (its `SCRIPT_FILENAME` is `proxy:fcgi://...`): the path is then the app's,
+/// as behind nginx with `SCRIPT_NAME ""`.
+pub(crate) fn is_apache_proxy_fcgi(params: &Params) -> bool {
+    params.get(b"PATH_INFO").is_none()
+        && params
+            .get_str("SCRIPT_FILENAME")
+            .is_some_and(|f| f.starts_with("proxy:fcgi://"))
+}
+
 /// Builds the environ dict for one request (without `wsgi.input`/`wsgi.errors`, which the
 /// caller adds).
 pub(crate) fn build<'py>(
@@ -83,6 +93,14 @@ pub(crate) fn build<'py>(
             _ => {}
         }
         env.set_item(key(py, name), latin1(py, value))?;
+    }
+    if is_apache_proxy_fcgi(params) {
+        match env.get_item("SCRIPT_NAME")? {
+            Some(path) => env.set_item("PATH_INFO", path)?,
+            None => env.set_item("PATH_INFO", "")?,
+        }
+        env.set_item("SCRIPT_NAME", "")?;
+        have_path_info = true;
     }
     // Under IIS the application's virtual path is in APPL_MD_PATH and PATH_INFO holds the
     // whole URL path (research: iis-fastcgi.md §2.3); --script-name / the SCRIPT_NAME
