@@ -230,6 +230,9 @@ fn set_up(plan: &Plan, root: &Path) -> anyhow::Result<(Served, Option<Running>)>
 
 fn wsgi_config(args: &ServeArgs, threads: usize, plan: &Plan) -> WsgiConfig {
     WsgiConfig {
+        request_timeout: (args.request_timeout > 0.0)
+            .then(|| Duration::from_secs_f64(args.request_timeout)),
+        exit_when_stuck: true,
         multithread: threads > 1,
         multiprocess: plan.connected,
         url_scheme: args.url_scheme.clone(),

@@ -202,6 +202,18 @@ pub struct ServeArgs {
     )]
     pub ready_timeout: f64,
 
+    /// A WSGI request running longer than this many seconds is answered 504 (or, if its
+    /// response has started, ended where it is), and the app's Python stack is logged. A
+    /// request still running at twice the limit makes a supervised or IIS worker stop, to
+    /// be replaced. 0 = no limit.
+    #[arg(
+        long,
+        env = "PYFCGI_REQUEST_TIMEOUT",
+        default_value_t = 0.0,
+        value_name = "SECS"
+    )]
+    pub request_timeout: f64,
+
     /// Answer this path (e.g. /pyfcgi-status) with the server's status, from Rust, without
     /// calling the app: JSON, or the Prometheus text format with ?format=prometheus or an
     /// Accept: text/plain header. 503 until the app is ready. With --workers, the totals of
@@ -582,6 +594,9 @@ fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<Serv
     let connected = args.bind.is_none() && matches!(inspect_stdin(), Some(StdinKind::Connected));
     let threads = args.threads.unwrap_or(if connected { 1 } else { 8 }).max(1);
     let cfg = WsgiConfig {
+        request_timeout: (args.request_timeout > 0.0)
+            .then(|| Duration::from_secs_f64(args.request_timeout)),
+        exit_when_stuck: connected || is_supervised_worker(),
         multithread: threads > 1,
         multiprocess: connected,
         url_scheme: args.url_scheme.clone(),

@@ -598,3 +598,45 @@ fn systemd_socket_activation_serves_the_passed_socket_with_workers() {
     assert!(s.log().contains("socket activation"), "{}", s.log());
     assert!(s.wait_log("worker ready"), "{}", s.log());
 }
+
+#[test]
+fn request_timeout_answers_504_logs_the_python_stack_and_replaces_a_stuck_worker() {
+    let s = Stack::start(&["--workers", "1", "--request-timeout", "1"], &[]);
+    assert!(
+        s.wait_count("worker ready", 1, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    let t0 = Instant::now();
+    let (st, _, body) = crate::support::http(s.nginx.port, "GET", "/sleep?4", &[], b"");
+    let took = t0.elapsed();
+    assert_eq!(st, 504, "{}", s.logs());
+    assert!(String::from_utf8_lossy(&body).contains("did not answer within 1 s"));
+    assert!(took < Duration::from_millis(3500), "the 504 took {took:?}");
+    assert!(
+        s.wait_count("over --request-timeout", 1, Duration::from_secs(5)),
+        "{}",
+        s.logs()
+    );
+    let log = s.server.log();
+    assert!(
+        log.contains("workers_app.py") && log.contains("time.sleep("),
+        "no Python stack in the log: {log}"
+    );
+    // At twice the timeout the worker counts as stuck: it stops and a new one takes over.
+    assert!(
+        s.wait_count("this worker is stuck", 1, Duration::from_secs(10)),
+        "{}",
+        s.logs()
+    );
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    let t0 = Instant::now();
+    while get(s.nginx.port, "/").is_err() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(get(s.nginx.port, "/").is_ok(), "{}", s.logs());
+}

@@ -19,6 +19,7 @@ mod error;
 pub mod interp;
 mod log_stream;
 pub mod pool;
+mod watchdog;
 pub mod wsgi;
 
 use std::path::{Path, PathBuf};

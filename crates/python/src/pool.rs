@@ -239,12 +239,21 @@ impl WorkerPool {
         cfg: &Arc<WsgiConfig>,
     ) -> std::io::Result<Self> {
         let mut threads = Vec::with_capacity(n);
+        let dog = match cfg.request_timeout {
+            Some(t) if !t.is_zero() => Some(crate::watchdog::Watchdog::start(
+                t,
+                cfg.exit_when_stuck,
+                cfg.shutdown.clone(),
+            )?),
+            _ => None,
+        };
         for i in 0..n.max(1) {
             let (rx, app, cfg) = (Arc::clone(rx), Arc::clone(app), Arc::clone(cfg));
+            let dog = dog.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("pyfcgi-py-{i}"))
-                    .spawn(move || worker(i, &rx, &app, &cfg))?,
+                    .spawn(move || worker(i, &rx, &app, &cfg, dog.as_ref()))?,
             );
         }
         Ok(Self { threads })
@@ -275,15 +284,43 @@ fn resolve(py: Python<'_>, app: &AppState) -> Resolved {
     }
 }
 
-fn worker(me: usize, rx: &JobQueue<Job>, app: &AppState, cfg: &WsgiConfig) {
+fn worker(
+    me: usize,
+    rx: &JobQueue<Job>,
+    app: &AppState,
+    cfg: &WsgiConfig,
+    dog: Option<&crate::watchdog::Watchdog>,
+) {
     Python::attach(|py| {
+        // This thread's id as Python knows it (the key of sys._current_frames()).
+        let ident: u64 = py
+            .import("threading")
+            .and_then(|t| t.call_method0("get_ident"))
+            .and_then(|i| i.extract())
+            .unwrap_or_default();
         loop {
             // Wait without the GIL so other workers (and Python threads) run meanwhile.
             // A queued job is taken with the GIL kept; waiting happens without it.
             let job = rx.try_next(me).or_else(|| py.detach(|| rx.next(me)));
-            let Some(Job { request, response }) = job else {
+            let Some(Job {
+                request,
+                mut response,
+            }) = job
+            else {
                 break;
             };
+            let _watched = dog.map(|d| {
+                let what = format!(
+                    "{} {}",
+                    request.params.get_str("REQUEST_METHOD").unwrap_or("GET"),
+                    request
+                        .params
+                        .get_str("REQUEST_URI")
+                        .or_else(|| request.params.get_str("PATH_INFO"))
+                        .unwrap_or("/")
+                );
+                d.watch(request.seq, ident, response.takeover(), what)
+            });
             match resolve(py, app) {
                 Resolved::App(app) => {
                     // A bug in pyfcgi must cost one request, not the worker thread: the

@@ -232,6 +232,75 @@ pub struct ResponseWriter {
     held: BytesMut,
     /// The observer's bookkeeping, when one is configured.
     track: Option<Box<crate::observe::Track>>,
+    /// Shared with a [`Takeover`], once one was made.
+    claim: Option<Arc<std::sync::Mutex<Claim>>>,
+}
+
+/// Who answers the request: the writer, until a [`Takeover`] did.
+#[derive(Debug, Default)]
+struct Claim {
+    /// The writer has handed response bytes (or the end) to the connection.
+    sent: bool,
+    /// The takeover answered the request; the writer's writes fail from now on.
+    taken: bool,
+}
+
+/// Answers a request in place of its writer, if the writer has sent nothing yet (a request
+/// timeout's 504 while the handler is stuck). Made by [`ResponseWriter::takeover`].
+#[derive(Clone)]
+pub struct Takeover {
+    claim: Arc<std::sync::Mutex<Claim>>,
+    out: Arc<Out>,
+    end: End,
+}
+
+impl std::fmt::Debug for Takeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Takeover")
+            .field("id", &self.end.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Takeover {
+    /// Sends `response` (a complete CGI response) and ends the request, unless the writer
+    /// has sent something already. The writer's later writes then fail with
+    /// [`WriteError::Closed`]. True when this answered the request.
+    pub fn respond(&self, response: &[u8]) -> bool {
+        let mut c = self
+            .claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.sent || c.taken {
+            return false;
+        }
+        c.taken = true;
+        let _ = self
+            .out
+            .push(RecordType::Stdout, self.end.id, response, Some(self.end));
+        true
+    }
+
+    /// Ends the request where its response is (the web server sees it cut short), unless it
+    /// has ended already. True when this ended it.
+    pub fn end_now(&self) -> bool {
+        let mut c = self
+            .claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.taken {
+            return false;
+        }
+        c.taken = true;
+        let end = End {
+            app_status: 1,
+            ..self.end
+        };
+        let _ = self
+            .out
+            .push(RecordType::Stdout, self.end.id, &[], Some(end));
+        true
+    }
 }
 
 impl std::fmt::Debug for ResponseWriter {
@@ -262,7 +331,34 @@ impl ResponseWriter {
             gate,
             held: BytesMut::new(),
             track,
+            claim: None,
         }
+    }
+
+    /// A handle that can answer this request instead of the writer while the writer has sent
+    /// nothing (see [`Takeover`]). `None` once the response has ended.
+    pub fn takeover(&mut self) -> Option<Takeover> {
+        let out = Arc::clone(self.out.as_ref()?);
+        let claim = Arc::clone(
+            self.claim
+                .get_or_insert_with(|| Arc::new(std::sync::Mutex::new(Claim::default()))),
+        );
+        Some(Takeover {
+            claim,
+            out,
+            end: self.end_marker(0),
+        })
+    }
+
+    /// Before handing bytes or the end to the connection: false when a takeover answered.
+    fn claim_send(&self) -> Option<std::sync::MutexGuard<'_, Claim>> {
+        self.claim.as_ref().map(|c| {
+            let mut g = c.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !g.taken {
+                g.sent = true;
+            }
+            g
+        })
     }
 
     fn note_sent(&mut self, data: &[u8]) {
@@ -310,6 +406,14 @@ impl ResponseWriter {
     /// Hands `data` (after anything held) to the connection, with `end` if given.
     fn push(&mut self, data: &[u8], end: Option<End>) -> Result<(), WriteError> {
         if self.out.is_none() {
+            return Err(WriteError::Closed);
+        }
+        if self.claim_send().is_some_and(|g| g.taken) {
+            // A takeover answered (and ended) the request: nothing more goes out.
+            self.held.clear();
+            if let Some(out) = self.out.take() {
+                out.writer_finished();
+            }
             return Err(WriteError::Closed);
         }
         if self.held.is_empty() {
@@ -451,7 +555,12 @@ impl Drop for ResponseWriter {
         self.note_sent(&held);
         self.held = held;
         self.note_end(1);
+        let taken = self.claim_send().is_some_and(|g| g.taken);
         let Some(out) = self.out.take() else { return };
+        if taken {
+            out.writer_finished();
+            return;
+        }
         let end = self.end_marker(1);
         if self.held.is_empty() || self.gate.is_open() {
             let _ = out.push(RecordType::Stdout, self.id, &self.held, Some(end));

@@ -27,7 +27,7 @@ pub mod transport;
 
 pub use error::ServerError;
 pub use handler::{
-    AbortSignal, BodyError, BodyReceiver, Handler, Request, ResponseWriter, WriteError,
+    AbortSignal, BodyError, BodyReceiver, Handler, Request, ResponseWriter, Takeover, WriteError,
 };
 pub use out::DirectStream;
 pub use serve::{ServerConfig, serve};

@@ -43,6 +43,10 @@ pub struct WsgiConfig {
     /// Fired when the app raises SystemExit/KeyboardInterrupt: the process shuts down
     /// gracefully.
     pub shutdown: CancellationToken,
+    /// `--request-timeout`: longer requests get a 504 and their Python stack logged.
+    pub request_timeout: Option<std::time::Duration>,
+    /// A request still running at twice the timeout stops the process (to be replaced).
+    pub exit_when_stuck: bool,
 }
 
 impl Default for WsgiConfig {
@@ -56,6 +60,8 @@ impl Default for WsgiConfig {
             stderr_errors: false,
             max_body_size: 1 << 30,
             shutdown: CancellationToken::new(),
+            request_timeout: None,
+            exit_when_stuck: false,
         }
     }
 }
