@@ -198,7 +198,11 @@ fn set_up(plan: &Plan, root: &Path) -> anyhow::Result<(Served, Option<Running>)>
     };
     let limit = args.max_requests;
     if let Some(obj) = crate::serve::asgi_app(&app, args.interface) {
-        match AsgiHost::start(obj, crate::serve::asgi_config(&args)) {
+        let cfg = pyfcgi_python::asgi::AsgiConfig {
+            stuck: Some(plan.shutdown.clone()),
+            ..crate::serve::asgi_config(&args)
+        };
+        match AsgiHost::start(obj, cfg) {
             Ok(host) => {
                 info!(app = %spec, "serving an ASGI application (loaded on the first request)");
                 let handler = host.handler(Admission::new(binding(), args.max_body_size));

@@ -202,7 +202,7 @@ pub struct ServeArgs {
     )]
     pub ready_timeout: f64,
 
-    /// A WSGI request running longer than this many seconds is answered 504 (or, if its
+    /// A request (WSGI or ASGI) running longer than this many seconds is answered 504 (or, if its
     /// response has started, ended where it is), and the app's Python stack is logged. A
     /// request still running at twice the limit makes a supervised or IIS worker stop, to
     /// be replaced. 0 = no limit.
@@ -680,7 +680,11 @@ fn run_app(rt: &tokio::runtime::Runtime, args: ServeArgs) -> anyhow::Result<Serv
         on_root,
     };
     let (app, binding) = match asgi_app(&app, args.interface) {
-        Some(obj) => match start_asgi(obj, &args) {
+        Some(obj) => match start_asgi(
+            obj,
+            &args,
+            (connected || is_supervised_worker()).then(|| shutdown.clone()),
+        ) {
             Ok(host) => return serve_asgi(rt, args, host, binding, shutdown, watchers),
             Err(detail) if is_supervised_worker() => {
                 bail!("{detail}\nThis worker exits.")
@@ -747,8 +751,13 @@ pub(crate) fn asgi_app(app: &AppState, interface: Interface) -> Option<pyo3::Py<
 fn start_asgi(
     obj: pyo3::Py<pyo3::PyAny>,
     args: &ServeArgs,
+    stuck: Option<CancellationToken>,
 ) -> Result<pyfcgi_python::asgi::AsgiHost, String> {
-    pyfcgi_python::asgi::AsgiHost::start(obj, asgi_config(args)).map_err(|e| e.to_string())
+    let cfg = pyfcgi_python::asgi::AsgiConfig {
+        stuck,
+        ..asgi_config(args)
+    };
+    pyfcgi_python::asgi::AsgiHost::start(obj, cfg).map_err(|e| e.to_string())
 }
 
 #[cfg(feature = "python")]
@@ -763,6 +772,9 @@ pub(crate) fn asgi_config(args: &ServeArgs) -> pyfcgi_python::asgi::AsgiConfig {
             LifespanArg::Off => Lifespan::Off,
         },
         detailed_errors: args.detailed_errors,
+        request_timeout: (args.request_timeout > 0.0)
+            .then(|| Duration::from_secs_f64(args.request_timeout)),
+        stuck: None,
         send_window: usize::try_from(args.send_window).unwrap_or(usize::MAX),
         loop_kind: match args.event_loop {
             LoopArg::Auto => LoopKind::Auto,

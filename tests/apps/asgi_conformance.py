@@ -124,6 +124,16 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": b"two readers"})
         got = await asyncio.wait_for(asyncio.gather(*readers), 5)
         note("two readers: " + " ".join(m["type"] for m in got))
+    elif path == "/slow-async":
+        await asyncio.sleep(3)
+        await start(send)
+        await send({"type": "http.response.body", "body": b"late"})
+    elif path == "/block":
+        # Blocking code in an async app: the whole event loop stops for 2 s.
+        import time
+        time.sleep(2)
+        await start(send)
+        await send({"type": "http.response.body", "body": b"late"})
     elif path == "/pathsend":
         # The file named by ASGI_TEST_FILE, handed over with the pathsend extension.
         assert "http.response.pathsend" in scope["extensions"], scope["extensions"]

@@ -375,3 +375,40 @@ fn send_waits_for_a_client_that_does_not_read() {
     assert!(total >= 3200 * 65536, "only {total} bytes\n{}", s.logs());
     assert_eq!(sent(), 3200 * 65536);
 }
+
+#[test]
+fn request_timeout_answers_504_for_a_slow_or_blocking_asgi_app_and_logs_the_loop_stack() {
+    let s = Stack::start(&[("PYFCGI_REQUEST_TIMEOUT", "1")]);
+    for path in ["/slow-async", "/block"] {
+        let t0 = Instant::now();
+        let (status, _, body) = s.get(path);
+        assert_eq!(status, 504, "{path}: {}", s.logs());
+        assert!(String::from_utf8_lossy(&body).contains("did not answer within 1 s"));
+        assert!(
+            t0.elapsed() < Duration::from_millis(1900),
+            "{path}: {:?}",
+            t0.elapsed()
+        );
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10)
+        && s.server
+            .log()
+            .matches("ASGI request over --request-timeout")
+            .count()
+            < 2
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = s.server.log();
+    assert_eq!(
+        log.matches("ASGI request over --request-timeout").count(),
+        2,
+        "{log}"
+    );
+    // The blocking app's line is in the loop thread's stack.
+    assert!(log.contains("time.sleep(2)"), "{log}");
+    // The server is still healthy once the loop is free again.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(s.get("/scope").0, 200, "{}", s.logs());
+}

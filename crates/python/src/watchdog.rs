@@ -155,7 +155,7 @@ fn watch(
 }
 
 /// The Python stack of thread `ident`, formatted like a traceback.
-fn python_stack(ident: u64) -> String {
+pub(crate) fn python_stack(ident: u64) -> String {
     Python::attach(|py| -> PyResult<String> {
         let frames = py.import("sys")?.call_method0("_current_frames")?;
         let Some(frame) = frames

@@ -77,6 +77,12 @@ pub struct AsgiConfig {
     /// `--send-window`: response bytes a request may have accepted from `send()` and not yet
     /// written before `send()` waits for the writes (backpressure).
     pub send_window: usize,
+    /// `--request-timeout`: a request not finished by then gets a 504 (or its response is
+    /// ended), and the event loop thread's Python stack is logged.
+    pub request_timeout: Option<Duration>,
+    /// Cancelled when a request is still running at twice the timeout (the loop is stuck):
+    /// the process stops, to be replaced. `None`: only log.
+    pub stuck: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Default for AsgiConfig {
@@ -88,6 +94,8 @@ impl Default for AsgiConfig {
             loop_kind: LoopKind::default(),
             detailed_errors: false,
             send_window: 64 * 1024,
+            request_timeout: None,
+            stuck: None,
         }
     }
 }
@@ -157,6 +165,8 @@ struct Shared {
     cfg: AsgiConfig,
     /// Lifespan reports from the loop: (stage, ok, message).
     lifespan_tx: Mutex<std::sync::mpsc::Sender<(String, bool, String)>>,
+    /// The loop thread's `threading.get_ident()`, for its stack on a timeout.
+    loop_ident: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -456,6 +466,7 @@ impl AsgiHost {
             wake: WakeWriter(writer),
             cfg,
             lifespan_tx: Mutex::new(lifespan_tx.clone()),
+            loop_ident: std::sync::atomic::AtomicU64::new(0),
         });
         let bridge_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -536,6 +547,16 @@ fn run_loop(
     cfg: &AsgiConfig,
 ) -> Result<(), String> {
     let fail = |what: &str, e: PyErr| format!("{what}: {}", crate::format_exception(py, &e));
+    if let Ok(ident) = py
+        .import("threading")
+        .and_then(|t| t.call_method0("get_ident"))
+        .and_then(|i| i.extract::<u64>())
+    {
+        bridge
+            .shared
+            .loop_ident
+            .store(ident, std::sync::atomic::Ordering::Relaxed);
+    }
     let asyncio = py
         .import("asyncio")
         .map_err(|e| fail("importing asyncio", e))?;
@@ -703,6 +724,13 @@ impl Drive<'_> {
         mut body: BodyReceiver,
         abort: pyfcgi_server::AbortSignal,
     ) {
+        let timeout = self.shared.cfg.request_timeout;
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let deadline =
+            tokio::time::sleep_until(timeout.map_or(far, |t| tokio::time::Instant::now() + t));
+        tokio::pin!(deadline);
+        // 0: not yet; 1: answered 504; 2: reported stuck.
+        let mut late = 0u8;
         loop {
             tokio::select! {
                 cmd = rx.recv() => {
@@ -731,8 +759,66 @@ impl Drive<'_> {
                     self.set_gone();
                     self.release_read();
                 }
+                () = &mut deadline, if timeout.is_some() && late < 2 => {
+                    let limit = timeout.unwrap_or_default();
+                    if late == 0 {
+                        self.timed_out(limit).await;
+                        deadline.as_mut().reset(tokio::time::Instant::now() + limit);
+                        late = 1;
+                    } else {
+                        late = 2;
+                        if let Some(stuck) = &self.shared.cfg.stuck {
+                            error!(request = self.seq, "an ASGI request is still running at twice --request-timeout: the event loop is stuck; this process stops, to be replaced");
+                            stuck.cancel();
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// `--request-timeout` passed: a 504 if nothing was sent, else the response ends here;
+    /// the app's later `send()` calls raise, and the loop thread's Python stack is logged.
+    async fn timed_out(&mut self, limit: Duration) {
+        let answered = match self.response.take() {
+            Some(mut r) if !self.body_sent => {
+                self.held_head = None;
+                let page = format!(
+                    "The application did not answer within {} s (request id {}).\n",
+                    limit.as_secs_f64(),
+                    self.seq
+                );
+                let response = format!(
+                    "Status: 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{page}",
+                    page.len()
+                );
+                if r.write(Bytes::from(response)).await.is_ok() {
+                    let _ = r.end(0).await;
+                }
+                "answered 504"
+            }
+            Some(r) => {
+                drop(r);
+                "ended the response where it was"
+            }
+            None => "the response was already complete",
+        };
+        self.set_gone();
+        self.release_read();
+        let ident = self
+            .shared
+            .loop_ident
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let seq = self.seq;
+        let secs = limit.as_secs_f64();
+        // Reading the stack takes the GIL: on a thread of its own, never an I/O thread.
+        std::thread::spawn(move || {
+            let stack = crate::watchdog::python_stack(ident);
+            error!(
+                request = seq,
+                "ASGI request over --request-timeout ({secs} s): {answered}; the event loop thread's Python stack:\n{stack}"
+            );
+        });
     }
 
     /// Carries out one step; true once the request is over.
