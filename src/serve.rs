@@ -202,6 +202,16 @@ pub struct ServeArgs {
     )]
     pub ready_timeout: f64,
 
+    /// Close a connection when the web server sends nothing for this many seconds while a
+    /// request waits for its params or body (a stalled client upload); 0 = never.
+    #[arg(
+        long,
+        env = "PYFCGI_READ_TIMEOUT",
+        default_value_t = 60.0,
+        value_name = "SECS"
+    )]
+    pub read_timeout: f64,
+
     /// A request (WSGI or ASGI) running longer than this many seconds is answered 504 (or, if its
     /// response has started, ended where it is), and the app's Python stack is logged. A
     /// request still running at twice the limit makes a supervised or IIS worker stop, to
@@ -954,6 +964,8 @@ async fn serve_async<H: pyfcgi_server::Handler>(
         conn: ConnConfig {
             limits,
             idle_timeout: (!connected && !idle.is_zero()).then_some(idle),
+            read_timeout: (args.read_timeout > 0.0)
+                .then(|| Duration::from_secs_f64(args.read_timeout)),
             align_records: args.align_records,
             body: BodyConfig {
                 queue: 8,

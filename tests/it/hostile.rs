@@ -305,3 +305,33 @@ fn get_values_and_unknown_management_types_are_answered() {
     assert_eq!(v.get_str("FCGI_MPXS_CONNS"), Some("0"));
     assert_eq!(got[1], pyfcgi_proto::client::ClientEvent::UnknownType(99));
 }
+
+#[test]
+fn a_web_server_that_stalls_mid_request_is_cut_off_after_read_timeout() {
+    let server = Server::tcp(&["--builtin", "echo", "--read-timeout", "0.5"]);
+    let full = request_bytes(
+        1,
+        true,
+        &[("REQUEST_METHOD", "POST"), ("CONTENT_LENGTH", "10")],
+        b"0123456789",
+    );
+    // Params complete, body half sent, then nothing.
+    let cut = full.len() - 20;
+    let mut s = server.connect();
+    s.write_all(&full[..cut]).unwrap();
+    let t0 = Instant::now();
+    assert_closed_by_server(&mut s);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    assert!(server.wait_log("--read-timeout"), "{}", server.log());
+    // A connection that is merely idle between requests is not affected.
+    let mut idle = server.connect();
+    std::thread::sleep(Duration::from_millis(900));
+    idle.write_all(&request_bytes(1, true, &[("REQUEST_METHOD", "GET")], b""))
+        .unwrap();
+    assert!(read_response(&mut idle, 1).is_ok(), "{}", server.log());
+    assert_still_serves(&server);
+}

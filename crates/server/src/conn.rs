@@ -34,6 +34,9 @@ pub struct ConnConfig {
     pub limits: Limits,
     /// Close a connection that has no active request and sends nothing for this long.
     pub idle_timeout: Option<Duration>,
+    /// Close a connection whose web server sends nothing for this long while a request
+    /// waits for the rest of its params or body (or a record is half received).
+    pub read_timeout: Option<Duration>,
     /// How request bodies are buffered for handlers (memory, then a temp file).
     pub body: BodyConfig,
     /// Response bytes a connection buffers (beyond what the socket takes) before handlers
@@ -52,6 +55,7 @@ impl Default for ConnConfig {
         Self {
             limits: Limits::default(),
             idle_timeout: None,
+            read_timeout: None,
             body: BodyConfig {
                 queue: 8,
                 max_memory: 1 << 20,
@@ -230,6 +234,10 @@ async fn read_loop<R: ReadSource, H: Handler>(
     let idle_timer = tokio::time::sleep(idle.unwrap_or(Duration::MAX / 4));
     tokio::pin!(idle_timer);
     let mut last_read = Instant::now();
+    let read_timeout = config.read_timeout;
+    let read_timer = tokio::time::sleep(read_timeout.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(read_timer);
+    let mut last_input = Instant::now();
     loop {
         release_freed(out, &mut freed, &mut conn, &mut active);
         if buf.capacity() - buf.len() < 8 * 1024 {
@@ -284,6 +292,23 @@ async fn read_loop<R: ReadSource, H: Handler>(
                     idle_timer.as_mut().reset((base + idle).into());
                     continue;
                 }
+                () = &mut read_timer, if read_timeout.is_some() => {
+                    let limit = read_timeout.unwrap_or_default();
+                    let waiting = !buf.is_empty()
+                        || active.values().any(|a| !a.started || !a.stdin_done.is_open());
+                    if waiting && last_input.elapsed() >= limit {
+                        warn!(
+                            peer,
+                            timeout_s = limit.as_secs_f64(),
+                            waiting = active.len(),
+                            "the web server sent nothing for --read-timeout while a request waited for its params or body: closing the connection"
+                        );
+                        break;
+                    }
+                    let base = if waiting { last_input } else { Instant::now() };
+                    read_timer.as_mut().reset((base + limit).into());
+                    continue;
+                }
                 r = rd.read(&mut buf) => r,
             }
         };
@@ -307,6 +332,9 @@ async fn read_loop<R: ReadSource, H: Handler>(
             Ok(_) => {
                 if idle.is_some() {
                     last_read = Instant::now();
+                }
+                if read_timeout.is_some() {
+                    last_input = Instant::now();
                 }
             }
             Err(e) => {

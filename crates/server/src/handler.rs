@@ -204,7 +204,7 @@ impl StdinGate {
     pub(crate) fn open(&self) {
         self.0.cancel();
     }
-    fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.0.is_cancelled()
     }
 }
