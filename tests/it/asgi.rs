@@ -194,6 +194,12 @@ fn spec_violations_and_exceptions_are_500_before_start_and_truncation_after() {
             "{path}: {headers}"
         );
     }
+    // The last error's line is read from pyfcgi's stderr by another thread: wait for it.
+    assert!(
+        s.server.wait_log("without sending a response"),
+        "{}",
+        s.logs()
+    );
     let log = s.server.log();
     for want in [
         "http.response.start sent twice",
@@ -309,10 +315,10 @@ fn pathsend_streams_a_file_and_a_missing_one_is_a_500() {
     assert_eq!((status, body.len()), (200, 0), "{}", s.logs());
     let (status, _, _) = s.get("/pathsend-missing");
     assert_eq!(status, 500, "{}", s.logs());
+    // The log line is read from pyfcgi's stderr by another thread: wait for it.
     assert!(
         s.server
-            .log()
-            .contains("pathsend cannot open /nonexistent/pyfcgi-test-file"),
+            .wait_log("pathsend cannot open /nonexistent/pyfcgi-test-file"),
         "{}",
         s.logs()
     );
