@@ -263,15 +263,13 @@ fn serve_wsgi(
 }
 
 impl Handler for LazyApp {
-    async fn handle(&self, request: Request, mut response: ResponseWriter) {
+    async fn handle(&self, request: Request, response: ResponseWriter) {
         if self.served.get().is_none() {
             // Binds the process to the first request's folder; another app's request, or
             // app_offline.htm, is answered here.
             if let Some(page) = self.admission.refusal(&request) {
                 drop(request);
-                if response.write(page).await.is_ok() {
-                    let _ = response.end(0).await;
-                }
+                answer(response, page).await;
                 return;
             }
         }
@@ -286,13 +284,7 @@ impl Handler for LazyApp {
                     "no application to serve: give APP (or --app / --app-root), or run under IIS, which sends APPL_PHYSICAL_PATH so the app can be found through web.config's WSGI_HANDLER"
                 );
                 drop(request);
-                if response
-                    .write(Bytes::from_static(SETUP_FAILED))
-                    .await
-                    .is_ok()
-                {
-                    let _ = response.end(0).await;
-                }
+                answer(response, Bytes::from_static(SETUP_FAILED)).await;
                 return;
             }
             return self.dispatch(request, response).await;
@@ -303,7 +295,7 @@ impl Handler for LazyApp {
 }
 
 impl LazyApp {
-    async fn dispatch(&self, request: Request, mut response: ResponseWriter) {
+    async fn dispatch(&self, request: Request, response: ResponseWriter) {
         let Some(served) = self.served.get() else {
             return;
         };
@@ -316,23 +308,22 @@ impl LazyApp {
                     "Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{page}",
                     page.len()
                 );
-                if response.write(Bytes::from(page)).await.is_ok() {
-                    let _ = response.end(0).await;
-                }
+                answer(response, Bytes::from(page)).await;
                 // Answer and go: IIS starts a new process for the next request.
                 self.outcome.no_python.store(true, Ordering::Release);
                 self.shutdown.cancel();
             }
             Served::Failed => {
                 drop(request);
-                if response
-                    .write(Bytes::from_static(SETUP_FAILED))
-                    .await
-                    .is_ok()
-                {
-                    let _ = response.end(0).await;
-                }
+                answer(response, Bytes::from_static(SETUP_FAILED)).await;
             }
         }
+    }
+}
+
+/// Sends a complete CGI response and ends the request.
+async fn answer(mut response: ResponseWriter, page: Bytes) {
+    if response.write(page).await.is_ok() {
+        let _ = response.end(0).await;
     }
 }
