@@ -8,7 +8,7 @@
 //! `PYFCGI_STATUS_FILE`, so any worker can answer the status path for all of them.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Instant, SystemTime};
 
@@ -64,6 +64,7 @@ impl Metrics {
         json!({
             "requests": self.requests.load(Ordering::Relaxed),
             "in_flight": self.in_flight.load(Ordering::Relaxed).max(0),
+            "queued": queued(),
             "bytes_out": self.bytes.load(Ordering::Relaxed),
             "responses": classes_json(&self.classes.each_ref().map(|c| c.load(Ordering::Relaxed))),
             "latency_hist": hex(&ser),
@@ -104,6 +105,30 @@ impl Observer for Metrics {
     }
 }
 
+/// Requests waiting for a free Python thread in this process.
+fn queued() -> u64 {
+    #[cfg(feature = "python")]
+    {
+        u64::try_from(pyfcgi_python::pool::queued()).unwrap_or(u64::MAX)
+    }
+    #[cfg(not(feature = "python"))]
+    {
+        0
+    }
+}
+
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// The app is imported and requests are being accepted: the status says ready from now on.
+pub fn set_ready() {
+    READY.store(true, Ordering::Relaxed);
+}
+
+/// Whether [`set_ready`] was called.
+pub fn is_ready() -> bool {
+    READY.load(Ordering::Relaxed)
+}
+
 /// This process's metrics.
 pub fn global() -> &'static Arc<Metrics> {
     static M: OnceLock<Arc<Metrics>> = OnceLock::new();
@@ -140,11 +165,71 @@ pub struct WorkerView {
     pub stats: Option<Value>,
 }
 
-/// The status document: totals over `workers`, their list, and the supervisor's facts.
-pub fn status(workers: &[WorkerView], restarts: u64, uptime_s: f64, supervised: bool) -> Value {
-    let mut hist = new_histogram();
-    let (mut requests, mut in_flight, mut bytes) = (0u64, 0u64, 0u64);
-    let mut classes = [0u64; 6];
+/// Counters added up over several workers' stats lines.
+#[derive(Clone)]
+pub struct Totals {
+    requests: u64,
+    in_flight: u64,
+    queued: u64,
+    bytes: u64,
+    classes: [u64; 6],
+    hist: Histogram<u64>,
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Self {
+            requests: 0,
+            in_flight: 0,
+            queued: 0,
+            bytes: 0,
+            classes: [0; 6],
+            hist: new_histogram(),
+        }
+    }
+}
+
+impl Totals {
+    /// Adds one worker's stats line ([`Metrics::snapshot`]). `live`: the worker is running, so
+    /// its gauges (in flight, queued) count too; a departed worker leaves only its counters.
+    pub fn add(&mut self, stats: &Value, live: bool) {
+        let get = |k: &str| stats.get(k).and_then(Value::as_u64).unwrap_or(0);
+        self.requests += get("requests");
+        self.bytes += get("bytes_out");
+        if live {
+            self.in_flight += get("in_flight");
+            self.queued += get("queued");
+        }
+        if let Some(r) = stats.get("responses") {
+            for (i, k) in CLASS_KEYS.iter().enumerate() {
+                self.classes[i] += r.get(k).and_then(Value::as_u64).unwrap_or(0);
+            }
+        }
+        if let Some(h) = stats
+            .get("latency_hist")
+            .and_then(Value::as_str)
+            .and_then(unhex)
+            && let Ok(h) = hdrhistogram::serialization::Deserializer::new()
+                .deserialize::<u64, _>(&mut h.as_slice())
+        {
+            let _ = self.hist.add(&h);
+        }
+    }
+}
+
+/// The response classes in [`Metrics::classes`] order.
+const CLASS_KEYS: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The status document: totals over `workers` and the counters of `departed` ones (so the
+/// totals never go down when a worker is replaced), their list, and the supervisor's facts.
+pub fn status(
+    workers: &[WorkerView],
+    departed: &Totals,
+    restarts: u64,
+    uptime_s: f64,
+    supervised: bool,
+) -> Value {
+    let mut t = departed.clone();
     let mut list = Vec::new();
     for w in workers {
         let get = |k: &str| {
@@ -154,27 +239,8 @@ pub fn status(workers: &[WorkerView], restarts: u64, uptime_s: f64, supervised: 
                 .and_then(Value::as_u64)
                 .unwrap_or(0)
         };
-        requests += get("requests");
-        in_flight += get("in_flight");
-        bytes += get("bytes_out");
-        if let Some(r) = w.stats.as_ref().and_then(|s| s.get("responses")) {
-            for (i, k) in ["other", "1xx", "2xx", "3xx", "4xx", "5xx"]
-                .iter()
-                .enumerate()
-            {
-                classes[i] += r.get(k).and_then(Value::as_u64).unwrap_or(0);
-            }
-        }
-        if let Some(h) = w
-            .stats
-            .as_ref()
-            .and_then(|s| s.get("latency_hist"))
-            .and_then(Value::as_str)
-            .and_then(unhex)
-            && let Ok(h) = hdrhistogram::serialization::Deserializer::new()
-                .deserialize::<u64, _>(&mut h.as_slice())
-        {
-            let _ = hist.add(&h);
+        if let Some(s) = &w.stats {
+            t.add(s, true);
         }
         list.push(json!({
             "id": w.id,
@@ -184,8 +250,10 @@ pub fn status(workers: &[WorkerView], restarts: u64, uptime_s: f64, supervised: 
             "uptime_s": round3(w.uptime_s),
             "requests": get("requests"),
             "in_flight": get("in_flight"),
+            "queued": get("queued"),
         }));
     }
+    let hist = &t.hist;
     let ms = |q: f64| round3(hist.value_at_quantile(q) as f64 / 1000.0);
     let ready = workers.iter().any(|w| w.ready);
     json!({
@@ -196,10 +264,11 @@ pub fn status(workers: &[WorkerView], restarts: u64, uptime_s: f64, supervised: 
         "workers_alive": workers.len(),
         "workers_ready": workers.iter().filter(|w| w.ready).count(),
         "restarts": restarts,
-        "requests": requests,
-        "in_flight": in_flight,
-        "bytes_out": bytes,
-        "responses": classes_json(&classes),
+        "requests": t.requests,
+        "in_flight": t.in_flight,
+        "queue_depth": t.queued,
+        "bytes_out": t.bytes,
+        "responses": classes_json(&t.classes),
         "latency_ms": {
             "count": hist.len(),
             "p50": ms(0.5),
@@ -266,6 +335,13 @@ pub fn prometheus(s: &Value) -> String {
         "gauge",
         "Requests being served.",
         &[(String::new(), n("in_flight"))],
+    );
+    metric(
+        &mut out,
+        "pyfcgi_queue_depth",
+        "gauge",
+        "Requests waiting for a free Python thread.",
+        &[(String::new(), n("queue_depth"))],
     );
     metric(
         &mut out,
@@ -347,12 +423,18 @@ fn own_status() -> Value {
     let view = WorkerView {
         id: 0,
         pid: std::process::id(),
-        ready: true,
+        ready: is_ready(),
         rss_mib: rss_mib(std::process::id()),
         uptime_s: m.started.elapsed().as_secs_f64(),
         stats: Some(m.snapshot()),
     };
-    status(&[view], 0, m.started.elapsed().as_secs_f64(), false)
+    status(
+        &[view],
+        &Totals::default(),
+        0,
+        m.started.elapsed().as_secs_f64(),
+        false,
+    )
 }
 
 /// A process's resident set size in MiB (Linux `/proc`; `None` elsewhere).
@@ -403,20 +485,38 @@ fn current_status() -> Value {
     own_status()
 }
 
-fn status_response(params: &Params) -> Bytes {
-    let wants_prometheus = params
-        .get_str("QUERY_STRING")
-        .is_some_and(|q| q.split('&').any(|kv| kv == "format=prometheus"))
-        || params
-            .get_str("HTTP_ACCEPT")
-            .is_some_and(|a| a.contains("text/plain") || a.contains("openmetrics"));
-    let doc = current_status();
+/// Whether a status request asks for the Prometheus text format (`?format=prometheus`, or
+/// an `Accept` of text/plain or OpenMetrics) rather than JSON.
+pub fn wants_prometheus(query: Option<&str>, accept: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|kv| kv == "format=prometheus"))
+        || accept.is_some_and(|a| a.contains("text/plain") || a.contains("openmetrics"))
+}
+
+/// The status document as a response: (ready, content type, body).
+pub fn render(doc: &Value, prometheus: bool) -> (bool, &'static str, String) {
     let ready = doc.get("ready").and_then(Value::as_bool).unwrap_or(false);
-    let (ctype, body) = if wants_prometheus {
-        ("text/plain; version=0.0.4; charset=utf-8", prometheus(&doc))
+    if prometheus {
+        (
+            ready,
+            "text/plain; version=0.0.4; charset=utf-8",
+            self::prometheus(doc),
+        )
     } else {
-        ("application/json", format!("{doc:#}\n"))
-    };
+        (ready, "application/json", format!("{doc:#}\n"))
+    }
+}
+
+/// `--status-bind` in a process without a supervisor: this process's status.
+pub fn own_source() -> crate::status_http::Source {
+    Arc::new(current_status)
+}
+
+fn status_response(params: &Params) -> Bytes {
+    let prometheus = wants_prometheus(
+        params.get_str("QUERY_STRING"),
+        params.get_str("HTTP_ACCEPT"),
+    );
+    let (ready, ctype, body) = render(&current_status(), prometheus);
     let status = if ready {
         "200 OK"
     } else {
@@ -461,17 +561,20 @@ pub fn spawn_stats_pusher() {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let line = format!("{STATS_PREFIX}{}\n", global().snapshot());
-            let mut out = std::io::stdout().lock();
-            if out
-                .write_all(line.as_bytes())
-                .and_then(|()| out.flush())
-                .is_err()
-            {
+            if push_stats().is_err() {
                 return;
             }
         }
     });
+}
+
+/// Sends this worker's counters to the supervisor now (also its last word before exiting,
+/// so the totals keep every request it served).
+pub fn push_stats() -> std::io::Result<()> {
+    let line = format!("{STATS_PREFIX}{}\n", global().snapshot());
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())?;
+    out.flush()
 }
 
 /// `--access-log`: one line per request, in `--access-log-format`.
@@ -718,7 +821,9 @@ mod tests {
             uptime_s: 1.0,
             stats: Some(m.snapshot()),
         };
-        let s = status(&[w(1, true), w(2, false)], 3, 5.0, true);
+        let mut gone = Totals::default();
+        gone.add(&m.snapshot(), false);
+        let s = status(&[w(1, true), w(2, false)], &Totals::default(), 3, 5.0, true);
         assert_eq!(s["requests"], 6);
         assert_eq!(s["responses"]["2xx"], 4);
         assert_eq!(s["responses"]["5xx"], 2);
@@ -729,5 +834,10 @@ mod tests {
         assert!(p.contains("pyfcgi_requests_total{class=\"2xx\"} 4"), "{p}");
         assert!(p.contains("pyfcgi_worker_restarts_total 3"), "{p}");
         assert!(p.contains("pyfcgi_request_duration_seconds_count 6"), "{p}");
+        // A departed worker's counters stay in the totals; its gauges do not.
+        let s = status(&[w(1, true)], &gone, 4, 6.0, true);
+        assert_eq!(s["requests"], 6);
+        assert_eq!(s["latency_ms"]["count"], 6);
+        assert_eq!(s["workers_alive"], 1);
     }
 }

@@ -244,6 +244,22 @@ pub struct ServeArgs {
     #[arg(long, env = "PYFCGI_SOCKET_MODE", value_name = "MODE", value_parser = parse_mode)]
     pub socket_mode: Option<u32>,
 
+    /// Owner of a new unix socket file: a user name or id (needs root).
+    #[arg(long, env = "PYFCGI_SOCKET_OWNER", value_name = "USER")]
+    pub socket_owner: Option<String>,
+
+    /// Group of a new unix socket file: a group name or id, e.g. the web server's
+    /// (www-data), with --socket-mode 660.
+    #[arg(long, env = "PYFCGI_SOCKET_GROUP", value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Also answer the status (as --status-path does) on this separate plain-HTTP listener,
+    /// HOST:PORT or unix:PATH, e.g. 127.0.0.1:9101 for Prometheus. It is up before the app is
+    /// imported (reporting not ready, 503, until it is) and is served by the supervisor with
+    /// --workers.
+    #[arg(long, env = "PYFCGI_STATUS_BIND", value_name = "ADDR")]
+    pub status_bind: Option<String>,
+
     /// Serve a built-in handler instead of an application: hello (fixed 13-byte response),
     /// echo (the request body back) or env (the request params as text).
     #[arg(long, env = "PYFCGI_BUILTIN", value_name = "NAME")]
@@ -471,6 +487,37 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{s:?} is not an octal file mode like 660"))
 }
 
+/// How to create a `unix:` socket file: `--socket-mode`, `--socket-owner`, `--socket-group`.
+pub(crate) fn unix_socket_options(
+    args: &ServeArgs,
+) -> anyhow::Result<pyfcgi_server::transport::UnixSocketOptions> {
+    #[cfg(unix)]
+    let (uid, gid) = (
+        args.socket_owner
+            .as_deref()
+            .map(|u| crate::supervisor::user_id(u).context("invalid --socket-owner"))
+            .transpose()?,
+        args.socket_group
+            .as_deref()
+            .map(|g| crate::supervisor::group_id(g).context("invalid --socket-group"))
+            .transpose()?,
+    );
+    #[cfg(windows)]
+    let (uid, gid) = {
+        if args.socket_owner.is_some() || args.socket_group.is_some() {
+            bail!(
+                "--socket-owner and --socket-group apply to unix sockets, which Windows does not use here"
+            );
+        }
+        (None, None)
+    };
+    Ok(pyfcgi_server::transport::UnixSocketOptions {
+        mode: args.socket_mode,
+        uid,
+        gid,
+    })
+}
+
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(v)
         .with_context(|| format!("--{name} must be a non-negative number of seconds, got {v}"))
@@ -582,6 +629,12 @@ fn run(args: ServeArgs) -> anyhow::Result<ServeOutcome> {
             .build()
     }
     .context("cannot start the async runtime")?;
+    if let Some(addr) = &args.status_bind
+        && !is_supervised_worker()
+    {
+        // Up before the app is imported, to say "not ready" meanwhile.
+        crate::status_http::start(addr, crate::metrics::own_source())?;
+    }
     if let Some(builtin) = args.builtin {
         info!(handler = ?builtin, "serving a built-in handler");
         let shutdown = CancellationToken::new();
@@ -933,7 +986,7 @@ async fn serve_async<H: pyfcgi_server::Handler>(
         }
         Bind::Fd(0)
     };
-    let listener = Listener::bind(&bind, args.socket_mode, allow)
+    let listener = Listener::bind(&bind, &unix_socket_options(&args)?, allow)
         .await
         .with_context(|| format!("cannot open transport {bind}"))?;
     let connected = listener.is_connected_stream();
@@ -948,7 +1001,7 @@ async fn serve_async<H: pyfcgi_server::Handler>(
     let idle = seconds("idle-timeout", args.idle_timeout)?;
     // Metrics when someone reads them (the status path, the supervisor); the access log.
     let mut observers: Vec<Arc<dyn pyfcgi_server::observe::Observer>> = Vec::new();
-    if args.status_path.is_some() || is_supervised_worker() {
+    if args.status_path.is_some() || args.status_bind.is_some() || is_supervised_worker() {
         observers.push(Arc::clone(crate::metrics::global()) as _);
     }
     if let Some(target) = &args.access_log {
@@ -983,6 +1036,7 @@ async fn serve_async<H: pyfcgi_server::Handler>(
         "pyfcgi {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    crate::metrics::set_ready();
     #[cfg(unix)]
     crate::supervisor::notify_ready();
     if is_supervised_worker() {
@@ -995,6 +1049,10 @@ async fn serve_async<H: pyfcgi_server::Handler>(
         }
         None => pyfcgi_server::serve(listener, handler, config, shutdown).await?,
     };
+    if is_supervised_worker() {
+        // The last counters, so the supervisor's totals keep every request served here.
+        let _ = crate::metrics::push_stats();
+    }
     info!(?outcome, "pyfcgi stopped");
     Ok(outcome)
 }

@@ -19,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -133,6 +134,10 @@ struct Supervisor {
     started: Instant,
     /// `--status-path`: where the aggregate status goes for the workers to serve.
     status_file: Option<std::path::PathBuf>,
+    /// `--status-bind`: the aggregate status the supervisor's own listener serves.
+    status_doc: Option<Arc<Mutex<serde_json::Value>>>,
+    /// The counters of workers that have exited, so the totals never go down.
+    departed: crate::metrics::Totals,
 }
 
 /// Runs the supervisor until it is stopped; returns the process exit code.
@@ -162,9 +167,10 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
         Some(v) => pyfcgi_server::transport::parse_web_server_addrs(v)?,
         None => Vec::new(),
     };
-    let listener = pyfcgi_server::Listener::bind(&bind, args.socket_mode, allow)
-        .await
-        .with_context(|| format!("cannot open transport {bind}"))?;
+    let listener =
+        pyfcgi_server::Listener::bind(&bind, &crate::serve::unix_socket_options(args)?, allow)
+            .await
+            .with_context(|| format!("cannot open transport {bind}"))?;
     let fd = listener
         .listening_fd()
         .context("the transport is not a listening socket")?
@@ -207,8 +213,20 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
         status_file: args.status_path.as_ref().map(|_| {
             std::env::temp_dir().join(format!("pyfcgi-status-{}.json", std::process::id()))
         }),
+        status_doc: args
+            .status_bind
+            .as_ref()
+            .map(|_| Arc::new(Mutex::new(serde_json::Value::Null))),
+        departed: crate::metrics::Totals::default(),
     };
     sup.write_status();
+    if let (Some(addr), Some(doc)) = (&args.status_bind, &sup.status_doc) {
+        let doc = Arc::clone(doc);
+        crate::status_http::start(
+            addr,
+            Arc::new(move || doc.lock().unwrap_or_else(PoisonError::into_inner).clone()),
+        )?;
+    }
     // Watching first: a change made while the first workers start is not missed.
     let _watchers = if args.reload {
         reload_watchers(args, &sup.events)
@@ -237,8 +255,14 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
             _ = quit.recv() => sup.stop(Stopping::Now, &mut stop_deadline, "SIGQUIT"),
             _ = hup.recv() => sup.rolling_restart(),
             ev = rx.recv() => match ev {
-                Some(Event::Ready(id)) => sup.ready(id),
-                Some(Event::Exited(id, status)) => sup.exited(id, &status),
+                Some(Event::Ready(id)) => {
+                    sup.ready(id);
+                    sup.write_status();
+                }
+                Some(Event::Exited(id, status)) => {
+                    sup.exited(id, &status);
+                    sup.write_status();
+                }
                 Some(Event::Stats(id, v)) => {
                     if let Some(w) = sup.workers.get_mut(&id) {
                         w.stats = Some(v);
@@ -362,11 +386,12 @@ impl Supervisor {
         Ok(id)
     }
 
-    /// The aggregate status, written atomically (temp file, rename) for the workers.
+    /// The aggregate status: written atomically (temp file, rename) for the workers to serve
+    /// (`--status-path`), and kept for the supervisor's own listener (`--status-bind`).
     fn write_status(&self) {
-        let Some(path) = &self.status_file else {
+        if self.status_file.is_none() && self.status_doc.is_none() {
             return;
-        };
+        }
         let mut ids: Vec<&u64> = self.workers.keys().collect();
         ids.sort();
         let views: Vec<crate::metrics::WorkerView> = ids
@@ -385,13 +410,19 @@ impl Supervisor {
             .collect();
         let doc = crate::metrics::status(
             &views,
+            &self.departed,
             self.restarts,
             self.started.elapsed().as_secs_f64(),
             true,
         );
-        let tmp = path.with_extension("json.tmp");
-        if std::fs::write(&tmp, doc.to_string()).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
+        if let Some(path) = &self.status_file {
+            let tmp = path.with_extension("json.tmp");
+            if std::fs::write(&tmp, doc.to_string()).is_ok() {
+                let _ = std::fs::rename(&tmp, path);
+            }
+        }
+        if let Some(shared) = &self.status_doc {
+            *shared.lock().unwrap_or_else(PoisonError::into_inner) = doc;
         }
     }
 
@@ -432,6 +463,9 @@ impl Supervisor {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
+        if let Some(stats) = &w.stats {
+            self.departed.add(stats, false);
+        }
         let how = match status {
             Ok(s) => describe(*s),
             Err(e) => format!("cannot be waited for: {e}"),
@@ -681,6 +715,59 @@ fn backoff(n: u32) -> Duration {
     Duration::from_millis(100 << exp).min(Duration::from_secs(10))
 }
 
+/// A user name or numeric id as a uid (`--socket-owner`).
+pub fn user_id(name: &str) -> anyhow::Result<u32> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(id);
+    }
+    let c = std::ffi::CString::new(name).context("the name contains a NUL byte")?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: passwd is plain data; getpwnam_r fills it, pointing into `buf`, which outlives
+    // every use of it here.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf.len()` is its real size.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c.as_ptr(),
+            &raw mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &raw mut out,
+        )
+    };
+    if rc != 0 || out.is_null() {
+        bail!("no user named {name:?} on this machine");
+    }
+    Ok(pw.pw_uid)
+}
+
+/// A group name or numeric id as a gid (`--socket-group`).
+pub fn group_id(name: &str) -> anyhow::Result<u32> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(id);
+    }
+    let c = std::ffi::CString::new(name).context("the name contains a NUL byte")?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: as in user_id, with getgrnam_r.
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf.len()` is its real size.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &raw mut gr,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &raw mut out,
+        )
+    };
+    if rc != 0 || out.is_null() {
+        bail!("no group named {name:?} on this machine");
+    }
+    Ok(gr.gr_gid)
+}
+
 fn signal_pid(pid: u32, sig: i32) {
     if let Ok(pid) = libc::pid_t::try_from(pid)
         && pid > 0
@@ -704,6 +791,16 @@ fn describe(status: ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_and_groups_resolve_by_name_or_id() {
+        assert_eq!(user_id("root").unwrap(), 0);
+        assert_eq!(user_id("1234").unwrap(), 1234);
+        assert_eq!(group_id("root").unwrap(), 0);
+        let e = group_id("no-such-group-pyfcgi").unwrap_err().to_string();
+        assert!(e.contains("no group named"), "{e}");
+        assert!(user_id("no-such-user-pyfcgi").is_err());
+    }
 
     #[test]
     fn backoff_doubles_from_100_ms_up_to_10_s() {

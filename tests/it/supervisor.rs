@@ -553,6 +553,194 @@ fn a_single_process_answers_the_status_path_too() {
     assert!(doc["requests"].as_u64().unwrap() >= 1, "{doc}");
 }
 
+/// GET `path` on the plain-HTTP `--status-bind` listener at `port`: (status, headers, body).
+fn status_get(port: u16, path: &str) -> Option<(u16, String, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, head, raw[split + 4..].to_vec()))
+}
+
+/// Starts the slow-importing app with `--status-bind` (and `extra`), checks that the status
+/// listener says "not ready" (503) while the app imports, then ready once it serves.
+fn readiness_follows_the_import(extra: &[&str], workers: u64) {
+    let port = crate::support::free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut args = vec!["--status-bind", bind.as_str()];
+    args.extend_from_slice(extra);
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    // Stack::start returns once pyfcgi serves, so it runs aside while the status is polled.
+    let starter = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Stack::start(&args, &[("WORKERS_APP_IMPORT_DELAY", "4")])
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    let early = loop {
+        if let Some(r) = status_get(port, "/") {
+            break r;
+        }
+        assert!(Instant::now() < end, "the status listener never came up");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(early.0, 503, "{}", String::from_utf8_lossy(&early.2));
+    let doc: serde_json::Value = serde_json::from_slice(&early.2).unwrap();
+    assert_eq!(doc["ready"], false, "{doc}");
+    assert_eq!(doc["workers_ready"], 0, "{doc}");
+    let (st, head, body) = status_get(port, "/metrics").unwrap();
+    assert_eq!(st, 503);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert_eq!(
+        parse_prometheus(&String::from_utf8_lossy(&body))["pyfcgi_up"],
+        0.0
+    );
+
+    let s = starter.join().unwrap();
+    let ready = |doc: &serde_json::Value| {
+        doc["ready"] == true && doc["workers_ready"].as_u64() == Some(workers)
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, _, body) = status_get(port, "/").unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if st == 200 && ready(&doc) {
+            break;
+        }
+        assert!(Instant::now() < end, "never ready: {doc}\n{}", s.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..10 {
+        get(s.nginx.port, "/").unwrap();
+    }
+    // Workers report once a second; a single process counts at once.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = status_get(port, "/?format=prometheus").unwrap();
+        let m = parse_prometheus(&String::from_utf8_lossy(&body));
+        if m["pyfcgi_requests_total{class=\"2xx\"}"] >= 10.0 {
+            assert_eq!(m["pyfcgi_up"], 1.0);
+            assert!(m.contains_key("pyfcgi_queue_depth"), "{m:?}");
+            break;
+        }
+        assert!(Instant::now() < end, "requests never counted: {m:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Not HTTP GET: refused clearly.
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        let mut raw = String::new();
+        c.read_to_string(&mut raw).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 405 "), "{raw}");
+    }
+}
+
+#[test]
+fn status_bind_says_not_ready_while_a_single_process_imports_the_app() {
+    readiness_follows_the_import(&[], 1);
+}
+
+#[test]
+fn status_bind_on_the_supervisor_says_not_ready_until_the_workers_imported_the_app() {
+    readiness_follows_the_import(&["--workers", "2"], 2);
+}
+
+#[test]
+fn the_totals_keep_the_requests_of_replaced_workers() {
+    let port = crate::support::free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let s = Stack::start(&["--workers", "2", "--status-bind", &bind], &[]);
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    for _ in 0..30 {
+        get(s.nginx.port, "/").unwrap();
+    }
+    kill(s.server.pid(), libc::SIGHUP);
+    assert!(
+        s.wait_count("worker ready", 4, Duration::from_secs(30)),
+        "{}",
+        s.logs()
+    );
+    assert!(
+        s.wait_count("worker exited", 2, Duration::from_secs(30)),
+        "{}",
+        s.logs()
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = status_get(port, "/").unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        // Only new workers are left, and the old ones' 30 requests are still counted.
+        let old_gone = doc["workers"]
+            .as_array()
+            .is_some_and(|w| w.iter().all(|w| w["requests"] == 0));
+        if old_gone && doc["restarts"] == 2 {
+            assert!(doc["requests"].as_u64().unwrap() >= 30, "{doc}");
+            assert!(doc["latency_ms"]["count"].as_u64().unwrap() >= 30, "{doc}");
+            break;
+        }
+        assert!(Instant::now() < end, "{doc}\n{}", s.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn unix_socket_group_and_mode_are_applied_and_bad_names_are_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("sock-perms");
+    let sock = dir.path().join("perms.sock");
+    // SAFETY: getgid has no preconditions.
+    let gid = unsafe { libc::getgid() };
+    let mut cmd = serve_command(&[
+        "--builtin",
+        "hello",
+        "--socket-mode",
+        "660",
+        "--socket-group",
+        &gid.to_string(),
+    ]);
+    cmd.arg("--bind")
+        .arg(format!("unix:{}", sock.display()))
+        .stdin(Stdio::null());
+    let server = Server::from_command(cmd, None);
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid);
+    drop(server);
+
+    let out = crate::support::run_pyfcgi(
+        &[
+            "serve",
+            "--builtin",
+            "hello",
+            "--bind",
+            &format!("unix:{}", dir.path().join("b.sock").display()),
+            "--socket-group",
+            "no-such-group-pyfcgi",
+        ],
+        &[],
+        None,
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("invalid --socket-group") && out.stderr.contains("no group named"),
+        "{out:?}"
+    );
+    assert!(!dir.path().join("b.sock").exists());
+}
+
 #[test]
 fn systemd_socket_activation_serves_the_passed_socket_with_workers() {
     use std::os::fd::AsRawFd;

@@ -3,6 +3,7 @@
 //! requests on the [`JobQueue`] and never touch Python.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::thread::Thread;
@@ -13,6 +14,21 @@ use pyo3::prelude::*;
 use tracing::{debug, error};
 
 use crate::wsgi::{self, WsgiConfig, response::error_page};
+
+/// Jobs queued and not taken yet, over every queue of the process (for the status endpoint).
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+
+/// Requests waiting for a free Python thread in this process.
+pub fn queued() -> usize {
+    QUEUED.load(Ordering::Relaxed)
+}
+
+fn taken<T>(job: Option<T>) -> Option<T> {
+    if job.is_some() {
+        QUEUED.fetch_sub(1, Ordering::Relaxed);
+    }
+    job
+}
 
 /// A request waiting for a worker.
 pub(crate) struct Job {
@@ -95,6 +111,7 @@ impl<T> JobQueue<T> {
             return Err(job);
         }
         st.jobs.push_back(job);
+        QUEUED.fetch_add(1, Ordering::Relaxed);
         // Wake a sleeper when nobody is running, or to become the standby.
         let wake = (!st.idle.is_empty() || st.standby)
             && (st.busy() == 0 || (!st.standby && !st.standby_called));
@@ -126,7 +143,7 @@ impl<T> JobQueue<T> {
     /// Worker `me` finished its request: the next job if one is queued.
     fn try_next(&self, me: usize) -> Option<T> {
         let mut st = self.lock();
-        let job = st.jobs.pop_front();
+        let job = taken(st.jobs.pop_front());
         st.started[me] = job.as_ref().map(|_| Instant::now());
         job
     }
@@ -157,7 +174,7 @@ impl<T> JobQueue<T> {
                         st.standby_thread = None;
                     }
                     st.started[me] = Some(Instant::now());
-                    let job = st.jobs.pop_front();
+                    let job = taken(st.jobs.pop_front());
                     // Someone must watch what is still queued.
                     let call = !st.jobs.is_empty()
                         && !st.idle.is_empty()

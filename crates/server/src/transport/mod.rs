@@ -105,6 +105,17 @@ pub fn peer_allowed(allow: &[IpAddr], peer: IpAddr) -> bool {
     allow.iter().any(|a| canon(*a) == peer)
 }
 
+/// How a new Unix socket file is created (`unix:PATH` transports; ignored elsewhere).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnixSocketOptions {
+    /// Permission bits (e.g. `0o660`); `None` keeps what the umask gives.
+    pub mode: Option<u32>,
+    /// Owner user id to give the file.
+    pub uid: Option<u32>,
+    /// Group id to give the file (e.g. the web server's group).
+    pub gid: Option<u32>,
+}
+
 /// What the web server passed on standard input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StdinKind {

@@ -55,11 +55,11 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> ServerError {
 }
 
 impl Listener {
-    /// Opens the transport `bind` names. `socket_mode` is applied to a new Unix socket file;
+    /// Opens the transport `bind` names. `unix` says how a new Unix socket file is created;
     /// `allow` is the TCP allow-list.
     pub async fn bind(
         bind: &Bind,
-        socket_mode: Option<u32>,
+        unix: &super::UnixSocketOptions,
         allow: Vec<IpAddr>,
     ) -> Result<Self, ServerError> {
         match bind {
@@ -73,7 +73,7 @@ impl Listener {
                         })?;
                 Ok(Self::Tcp(l, allow))
             }
-            Bind::Unix(path) => bind_unix(path, socket_mode),
+            Bind::Unix(path) => bind_unix(path, unix),
             Bind::Fd(fd) => Self::from_fd(*fd, allow),
         }
     }
@@ -193,7 +193,9 @@ impl Drop for Listener {
     }
 }
 
-fn bind_unix(path: &Path, socket_mode: Option<u32>) -> Result<Listener, ServerError> {
+/// Makes `path` free for a new Unix socket: nothing there, or a stale socket file nobody
+/// listens on (removed). Refuses a live socket and anything that is not a socket.
+pub fn clear_stale_socket(path: &Path) -> Result<(), ServerError> {
     let addr = || format!("unix:{}", path.display());
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -229,6 +231,13 @@ fn bind_unix(path: &Path, socket_mode: Option<u32>) -> Result<Listener, ServerEr
             }
         }
     }
+    Ok(())
+}
+
+fn bind_unix(path: &Path, opts: &super::UnixSocketOptions) -> Result<Listener, ServerError> {
+    let addr = || format!("unix:{}", path.display());
+    let socket_mode = opts.mode;
+    clear_stale_socket(path)?;
     // Create the socket with its final mode (no window with the umask's mode): restrict the
     // umask around bind, then set the exact mode.
     let old_umask = socket_mode.map(|mode| {
@@ -248,6 +257,18 @@ fn bind_unix(path: &Path, socket_mode: Option<u32>) -> Result<Listener, ServerEr
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(
             format!("cannot chmod {:o} {}", mode, path.display()),
         ))?;
+    }
+    if (opts.uid.is_some() || opts.gid.is_some())
+        && let Err(e) = std::os::unix::fs::chown(path, opts.uid, opts.gid)
+    {
+        // Not left behind half-configured.
+        let _ = std::fs::remove_file(path);
+        return Err(io_err(format!(
+            "cannot give {} to user {} group {} (changing the owner needs root; the group, membership of it)",
+            path.display(),
+            opts.uid.map_or("-".to_owned(), |u| u.to_string()),
+            opts.gid.map_or("-".to_owned(), |g| g.to_string()),
+        ))(e));
     }
     let id = file_id(path).unwrap_or_default();
     Ok(Listener::Unix(

@@ -186,7 +186,7 @@ impl Listener {
     /// Opens the transport `bind` names. `allow` is the TCP allow-list.
     pub async fn bind(
         bind: &Bind,
-        _socket_mode: Option<u32>,
+        _unix: &super::UnixSocketOptions,
         allow: Vec<IpAddr>,
     ) -> Result<Self, ServerError> {
         match bind {
