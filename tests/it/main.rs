@@ -18,6 +18,7 @@ mod hostile;
 mod iis_cli;
 mod iis_lifecycle;
 mod lifecycle;
+mod lighttpd;
 mod nginx;
 mod python_nginx;
 mod starlette;
