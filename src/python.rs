@@ -1,13 +1,15 @@
 //! Interpreter start-up and application loading for `serve` and `check` (at startup, or on
 //! the first request under IIS without `--app-root`: see lazy.rs).
 
+use std::fmt::Write as _;
+
 use anyhow::Context;
 use pyfcgi_python::AppState;
 use pyfcgi_python::app::AppSpec;
 use pyfcgi_python::interp::{self, InterpreterOptions};
 use pyo3::Python;
 use pyo3::types::PyAnyMethods;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::serve::PythonArgs;
 
@@ -71,7 +73,26 @@ fn load_attached(
             );
         }
     };
-    match parsed.load(py) {
+    let shadows = parsed
+        .app_dir()
+        .map(|d| pyfcgi_python::shadow::stdlib_shadows(py, &d))
+        .unwrap_or_default();
+    let result = parsed.load(py);
+    // After the import: sys.modules then tells which of the two files Python uses.
+    let shadows = if shadows.is_empty() {
+        shadows
+    } else {
+        parsed
+            .app_dir()
+            .map(|d| pyfcgi_python::shadow::stdlib_shadows(py, &d))
+            .unwrap_or_default()
+    };
+    let mut notes = String::new();
+    for s in &shadows {
+        warn!(app = spec, "{s}");
+        let _ = writeln!(notes, "warning: {s}");
+    }
+    match result {
         Ok(app) => {
             let repr = app
                 .bind(py)
@@ -80,14 +101,15 @@ fn load_attached(
                 .unwrap_or_default();
             info!(app = spec, object = %repr, "application loaded");
             let report = format!(
-                "application {spec} loaded: {repr}\n{}",
+                "application {spec} loaded: {repr}\n{notes}{}",
                 interp::describe(py, info.venv.clone())
             );
             (AppState::Loaded(app), report)
         }
         Err(e) => {
             let info = interp::describe(py, info.venv.clone());
-            let detail = format!("application {spec} failed to load: {e}\n\nInterpreter:\n{info}");
+            let detail =
+                format!("application {spec} failed to load: {e}\n{notes}\nInterpreter:\n{info}");
             (
                 AppState::Failed {
                     detail: detail.clone(),

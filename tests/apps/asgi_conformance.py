@@ -108,6 +108,13 @@ async def app(scope, receive, send):
     elif path == "/head":
         await start(send, headers=[(b"content-type", b"text/plain"), (b"content-length", b"4")])
         await send({"type": "http.response.body", "body": b"body"})
+    elif path == "/body-anyway":
+        # A body whatever the status (?204, ?304, ...) or method: the server must drop it.
+        code = int(scope["query_string"] or b"200")
+        await start(send, status=code)
+        await send({"type": "http.response.body", "body": b"part1", "more_body": True})
+        await send({"type": "http.response.body", "body": b"part2"})
+        note("body-anyway done")
     elif path == "/bad-header":
         await start(send, headers=[(b"x-evil", b"a\r\nset-cookie: owned=1")])
         await send({"type": "http.response.body", "body": b"never"})

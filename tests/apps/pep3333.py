@@ -373,6 +373,29 @@ def head_aware(environ, start_response):
     return [body]
 
 
+class _Counted:
+    """Yields three chunks, recording each one and close() in the side file."""
+
+    def __init__(self, environ):
+        self.environ = environ
+
+    def __iter__(self):
+        for i in range(3):
+            _side(self.environ, "chunk %d" % i)
+            yield b"body%d" % i
+
+    def close(self):
+        _side(self.environ, "closed")
+
+
+def raw_body_anyway(environ, start_response):
+    """Yields a body whatever the status (QUERY_STRING, e.g. `204 No Content`) or the method:
+    not through the validator, which would refuse a 1xx status before pyfcgi sees it."""
+    status = environ.get("QUERY_STRING").replace("+", " ") or "200 OK"
+    start_response(status, [TEXT])
+    return _Counted(environ)
+
+
 # --- wsgi.file_wrapper ---------------------------------------------------------------------
 
 

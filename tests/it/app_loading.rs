@@ -353,3 +353,60 @@ fn non_callable_or_missing_targets_are_clear_errors() {
     assert!(r.body_str().contains("application failed to load"));
     assert!(server.log().contains("not callable"), "{}", server.log());
 }
+
+/// A folder with `site.py` (which Python imported before the app could) and `code.py`
+/// (which replaces the standard module), each a WSGI app.
+fn stdlib_named_site() -> crate::support::TempDir {
+    let dir = crate::support::TempDir::new("shadow");
+    let app = "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'mine']\n";
+    for f in ["site.py", "code.py"] {
+        std::fs::write(dir.path().join(f), app).unwrap();
+    }
+    dir
+}
+
+fn stdlib_file(module: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!("import sysconfig, os; print(os.path.join(sysconfig.get_path('stdlib'), '{module}.py'))"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn files_named_like_standard_modules_are_diagnosed_naming_both_files() {
+    let dir = stdlib_named_site();
+    let root = dir.path().to_str().unwrap();
+    let (mine_site, mine_code) = (format!("{root}/site.py"), format!("{root}/code.py"));
+    let (std_site, std_code) = (stdlib_file("site"), stdlib_file("code"));
+
+    // site.py is never imported: the load error says why, with both paths.
+    let out = check(&["site:app", "--chdir", root], &[]);
+    assert_ne!(out.code(), Some(0), "{}", out.stdout_str());
+    assert!(
+        out.stderr.contains("module 'site' has no attribute 'app'"),
+        "{}",
+        out.stderr
+    );
+    let eclipsed = format!(
+        "warning: {mine_site} has the name of the standard library module `site` ({std_site}), which Python had imported already"
+    );
+    assert!(out.stderr.contains(&eclipsed), "{}", out.stderr);
+
+    // code.py loads, and check warns that it replaces the standard module.
+    let out = check(&["code:app", "--chdir", root], &[]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let shadows =
+        format!("warning: {mine_code} shadows the standard library module `code` ({std_code})");
+    assert!(out.stdout_str().contains(&shadows), "{}", out.stdout_str());
+
+    // serve: the load error in the log carries the diagnosis too.
+    let server = serve(&["site:app", "--chdir", root], &[]);
+    let r = get(&server);
+    assert!(r.status.starts_with("500 "), "{r:?}");
+    let log = server.log();
+    assert!(log.contains(&eclipsed), "{log}");
+}

@@ -473,6 +473,36 @@ fn doctor_passes_a_site_enable_wrote() {
     assert!(out.stdout.contains("\n0 FAIL, 0 WARN,"), "{}", out.stdout);
 }
 
+#[cfg(feature = "python")]
+#[test]
+fn doctor_warns_about_a_file_named_like_a_standard_module() {
+    let dir = enabled_wsgi_site();
+    std::fs::write(dir.path().join("test.py"), "X = 1\n").unwrap();
+    let out = doctor(&dir, &[]);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "a warning is not a failure:\n{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("WARN  import: application hello:application loaded"),
+        "{}",
+        out.stdout
+    );
+    let mine = format!("{}/test.py", path_str(dir.path()));
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains(&mine))
+        .unwrap_or_else(|| panic!("no line names {mine}:\n{}", out.stdout));
+    assert!(
+        line.contains("the standard library module `test` (") && line.contains("/test"),
+        "{line}"
+    );
+}
+
 #[test]
 fn doctor_reports_where_web_config_is_broken() {
     let dir = tiny_wsgi_site();

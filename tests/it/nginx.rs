@@ -97,3 +97,31 @@ fn nginx_keep_conn_upstream_reuses_one_connection() {
         "nginx should keep one upstream connection; log:\n{log}"
     );
 }
+
+#[test]
+fn nginx_repeated_request_headers_reach_a_wsgi_app_joined() {
+    let spec = format!("{}/pep3333.py:environ_dump", crate::wsgi::APPS);
+    let server = Server::unix(&[&spec]);
+    let nginx = Nginx::start("", &location(&server.addr));
+    // nginx (1.22, Debian bookworm) passes each header line as its own HTTP_* param.
+    let (status, _, body) = http(
+        nginx.port,
+        "GET",
+        "/",
+        &[
+            ("X-Multi", "one"),
+            ("Cookie", "a=1"),
+            ("X-Multi", "two"),
+            ("Cookie", "b=2"),
+        ],
+        b"",
+    );
+    assert_eq!(status, 200, "{}\n{}", nginx.error_log(), server.log());
+    let text = String::from_utf8(body).unwrap();
+    for line in ["HTTP_X_MULTI='one, two'", "HTTP_COOKIE='a=1; b=2'"] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+}

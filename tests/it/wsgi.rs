@@ -271,6 +271,33 @@ fn noise(len: usize) -> Vec<u8> {
 // --- environ -------------------------------------------------------------------------------
 
 #[test]
+fn a_repeated_header_reaches_the_app_joined_in_one_value() {
+    let server = serve("environ_dump", &[]);
+    let mut p = params("", &[]);
+    // What nginx sends for a request with two of each header line.
+    p.extend([
+        ("HTTP_ACCEPT", "text/html"),
+        ("HTTP_COOKIE", "a=1"),
+        ("HTTP_ACCEPT", "application/json;q=0.9"),
+        ("HTTP_COOKIE", "b=2"),
+        ("HTTP_X_FORWARDED_FOR", "192.0.2.1"),
+        ("HTTP_X_FORWARDED_FOR", "192.0.2.2"),
+        ("HTTP_X_FORWARDED_FOR", "192.0.2.3"),
+        ("HTTP_X_SINGLE", "only"),
+    ]);
+    let r = Cgi::parse(call_raw(&server, &as_bytes(&p), b"", 0));
+    let env = environ_of(&server, &r);
+    assert_eq!(env["HTTP_ACCEPT"], py("text/html, application/json;q=0.9"));
+    assert_eq!(env["HTTP_COOKIE"], py("a=1; b=2"));
+    assert_eq!(
+        env["HTTP_X_FORWARDED_FOR"],
+        py("192.0.2.1, 192.0.2.2, 192.0.2.3")
+    );
+    assert_eq!(env["HTTP_X_SINGLE"], py("only"));
+    assert_validator_quiet(&server);
+}
+
+#[test]
 fn environ_holds_every_param_the_web_server_sent() {
     let server = serve("environ_dump", &[]);
     let sent = [
@@ -1045,6 +1072,52 @@ fn head_and_304_without_body_are_not_short_responses() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(!server.log().contains("short response"), "{}", server.log());
     assert_validator_quiet(&server);
+}
+
+#[test]
+fn no_body_goes_out_for_head_204_and_304_yet_the_iterable_is_consumed_and_closed() {
+    let server = serve("raw_body_anyway", &[]);
+    let dir = TempDir::new("bodiless");
+    let side = dir.path().join("side.txt");
+    let side_s = side.display().to_string();
+    for (status, method) in [
+        ("204+No+Content", "GET"),
+        ("304+Not+Modified", "GET"),
+        ("200+OK", "HEAD"),
+        ("404+Not+Found", "HEAD"),
+    ] {
+        let _ = std::fs::remove_file(&side);
+        let r = get(
+            &server,
+            status,
+            &[("REQUEST_METHOD", method), ("PYFCGI_TEST_SIDE", &side_s)],
+        );
+        assert_eq!(r.status, status.replace('+', " "), "{method}: {r:?}");
+        assert_eq!(r.raw.app_status, 0, "{r:?}");
+        assert!(r.body.is_empty(), "{status} {method} sent a body: {r:?}");
+        let seen = std::fs::read_to_string(&side).unwrap_or_default();
+        assert_eq!(
+            seen, "chunk 0\nchunk 1\nchunk 2\nclosed\n",
+            "{status} {method}: the iterable must be consumed and closed"
+        );
+    }
+    let r = get(&server, "200+OK", &[]);
+    assert_eq!(r.body, b"body0body1body2");
+    assert!(!server.log().contains("short response"), "{}", server.log());
+}
+
+#[test]
+fn an_informational_status_is_refused_as_the_final_one() {
+    let server = serve("raw_body_anyway", &[]);
+    for status in ["100+Continue", "103+Early+Hints"] {
+        let r = get(&server, status, &[]);
+        assert_500(&server, &r);
+        assert!(!r.body_str().contains("body0"), "{r:?}");
+    }
+    expect_log(
+        &server,
+        "a 1xx status is informational, not a final response",
+    );
 }
 
 // --- wsgi.file_wrapper ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ mod error;
 pub mod interp;
 mod log_stream;
 pub mod pool;
+pub mod shadow;
 mod watchdog;
 pub mod wsgi;
 

@@ -265,6 +265,10 @@ impl Bridge {
         let new_list = PyList::empty(py);
         for r in new {
             let scope = scope::build(py, &r.params, &self.shared.cfg)?;
+            let head_request = r
+                .params
+                .get(b"REQUEST_METHOD")
+                .is_some_and(|m| m.eq_ignore_ascii_case(b"HEAD"));
             let first = r
                 .first
                 .map(|o| outcome_value(py, o).map(Bound::unbind))
@@ -277,6 +281,8 @@ impl Bridge {
                     link: r.link,
                     event_loop: self.event_loop.as_ref().map(|l| l.clone_ref(py)),
                     window: self.shared.cfg.send_window,
+                    head_request,
+                    bodiless: head_request,
                 },
             )?;
             new_list.append((conn, scope))?;
@@ -336,6 +342,10 @@ struct Conn {
     event_loop: Option<Py<PyAny>>,
     /// `--send-window`.
     window: usize,
+    /// The request is HEAD.
+    head_request: bool,
+    /// No body may follow the head (HEAD, 204, 304): body bytes are dropped.
+    bodiless: bool,
 }
 
 #[pymethods]
@@ -353,9 +363,11 @@ impl Conn {
 
     /// `http.response.start`: raises when the status or a header is invalid.
     #[allow(clippy::needless_pass_by_value)] // extracted from Python by value
-    fn start(&self, status: u16, headers: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<()> {
+    fn start(&mut self, status: u16, headers: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<()> {
         let head =
             response_head(status, &headers).map_err(pyo3::exceptions::PyRuntimeError::new_err)?;
+        // HTTP: a response to HEAD, a 204 and a 304 end with the head.
+        self.bodiless = self.head_request || status == 204 || status == 304;
         self.tx.send(Cmd::Start(head)).map_err(|_| disconnected())
     }
 
@@ -365,6 +377,7 @@ impl Conn {
         if self.link.closed.load(Ordering::Acquire) {
             return Err(disconnected());
         }
+        let data = if self.bodiless { Vec::new() } else { data };
         let len = data.len();
         let before = self.link.unwritten.fetch_add(len, Ordering::AcqRel);
         // The last piece never waits: nothing follows it that the wait could hold back.
@@ -387,6 +400,14 @@ impl Conn {
     fn pathsend(&self, path: std::path::PathBuf) -> PyResult<()> {
         if self.link.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(disconnected());
+        }
+        if self.bodiless {
+            let end = Cmd::Body {
+                data: Bytes::new(),
+                more: false,
+                fut: None,
+            };
+            return self.tx.send(end).map_err(|_| disconnected());
         }
         let file = std::fs::File::open(&path).map_err(|e| {
             pyo3::exceptions::PyOSError::new_err(format!(

@@ -92,7 +92,23 @@ pub(crate) fn build<'py>(
             }
             _ => {}
         }
-        env.set_item(key(py, name), latin1(py, value))?;
+        let k = key(py, name);
+        // nginx passes a repeated request header as two params with the same name; the app
+        // gets one value, joined the way HTTP combines field lines (RFC 9110 §5.3), Cookie
+        // with "; " (RFC 6265 §5.4).
+        if name.starts_with(b"HTTP_")
+            && let Some(prev) = env.get_item(&k)?
+        {
+            let sep = if name == b"HTTP_COOKIE" { "; " } else { ", " };
+            let joined = format!(
+                "{}{sep}{}",
+                prev.cast::<PyString>()?.to_str()?,
+                latin1(py, value).to_str()?
+            );
+            env.set_item(k, joined)?;
+            continue;
+        }
+        env.set_item(k, latin1(py, value))?;
     }
     if is_apache_proxy_fcgi(params) {
         match env.get_item("SCRIPT_NAME")? {

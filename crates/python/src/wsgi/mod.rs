@@ -92,7 +92,13 @@ pub fn run_request(
     let content_length = params
         .get_str("CONTENT_LENGTH")
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let start = match Py::new(py, StartResponse::new(response, seq).watch_abort(abort)) {
+    let head_request = params
+        .get(b"REQUEST_METHOD")
+        .is_some_and(|m| m.eq_ignore_ascii_case(b"HEAD"));
+    let start = match Py::new(
+        py,
+        StartResponse::new(response, seq, head_request).watch_abort(abort),
+    ) {
         Ok(s) => s,
         Err(e) => {
             error!(
@@ -277,14 +283,8 @@ fn finish(
     };
     let app_status = match failure {
         None => {
-            // HEAD and 304 responses carry the Content-Length of a body they do not send.
-            let bodiless = method.eq_ignore_ascii_case("HEAD")
-                || start
-                    .lock()
-                    .status
-                    .as_deref()
-                    .is_some_and(|s| s.starts_with("304"));
-            if let Some((promised, sent)) = start.shortfall().filter(|_| !bodiless) {
+            // HEAD, 204 and 304 responses carry no body (shortfall() is None for them).
+            if let Some((promised, sent)) = start.shortfall() {
                 warn!(
                     request = seq,
                     method,

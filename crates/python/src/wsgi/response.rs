@@ -41,6 +41,18 @@ pub(crate) struct ResponseState {
     pub(crate) closed: bool,
     /// Fires on FCGI_ABORT_REQUEST: the next write fails like a closed connection.
     abort: AbortSignal,
+    /// Whether body bytes go out (HEAD, 204 and 304 responses end with the head).
+    body: BodyRule,
+}
+
+/// Whether the app's body bytes are sent or consumed and dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyRule {
+    Send,
+    /// A HEAD request, whatever the status.
+    DropForHead,
+    /// A 204 or 304 status.
+    DropForStatus,
 }
 
 /// The `start_response` callable of one request.
@@ -50,7 +62,7 @@ pub struct StartResponse {
 }
 
 impl StartResponse {
-    pub(crate) fn new(writer: ResponseWriter, request: u64) -> Self {
+    pub(crate) fn new(writer: ResponseWriter, request: u64, head_request: bool) -> Self {
         Self {
             state: Mutex::new(ResponseState {
                 writer: Some(writer),
@@ -63,6 +75,11 @@ impl StartResponse {
                 request,
                 closed: false,
                 abort: AbortSignal::default(),
+                body: if head_request {
+                    BodyRule::DropForHead
+                } else {
+                    BodyRule::Send
+                },
             }),
         }
     }
@@ -122,6 +139,9 @@ impl StartResponse {
                 return Ok(());
             }
             let allowed = match st.content_length {
+                // HTTP: a response to HEAD, a 204 and a 304 end with the head, whatever the
+                // app yields (its iterable is still consumed and closed).
+                _ if st.body != BodyRule::Send => 0,
                 Some(cl) => usize::try_from(cl.saturating_sub(st.body_sent))
                     .unwrap_or(usize::MAX)
                     .min(data.len()),
@@ -182,6 +202,9 @@ impl StartResponse {
     /// Bytes promised by Content-Length but not sent (a short response), if any.
     pub(crate) fn shortfall(&self) -> Option<(u64, u64)> {
         let st = self.lock();
+        if st.body != BodyRule::Send {
+            return None;
+        }
         st.content_length
             .filter(|cl| st.body_sent < *cl)
             .map(|cl| (cl, st.body_sent))
@@ -244,7 +267,17 @@ pub(crate) fn validate_status(status: &str) -> PyResult<()> {
             "invalid status {status:?}: control characters and characters outside latin-1 are not allowed"
         )));
     }
+    if bytes[0] == b'1' {
+        return Err(PyValueError::new_err(format!(
+            "invalid status {status:?}: a 1xx status is informational, not a final response (200-599 expected)"
+        )));
+    }
     Ok(())
+}
+
+/// Whether a response with this status carries no body (RFC 9110 §6.4.1): 204 and 304.
+pub(crate) fn status_is_bodiless(status: &str) -> bool {
+    status.starts_with("204") || status.starts_with("304")
 }
 
 pub(crate) fn validate_header(name: &str, value: &str) -> PyResult<()> {
@@ -356,6 +389,13 @@ impl StartResponse {
             list.push((name, value));
         }
         let mut st = this.lock();
+        if st.body != BodyRule::DropForHead {
+            st.body = if status_is_bodiless(&status) {
+                BodyRule::DropForStatus
+            } else {
+                BodyRule::Send
+            };
+        }
         st.status = Some(status);
         st.headers = list;
         st.content_length = content_length;
@@ -464,9 +504,19 @@ mod tests {
             "099 x",
             "200 OK\r\nX: y",
             "abc def",
+            "100 Continue",
+            "103 Early Hints",
         ] {
             assert!(validate_status(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn no_body_statuses() {
+        assert!(status_is_bodiless("204 No Content"));
+        assert!(status_is_bodiless("304 Not Modified"));
+        assert!(!status_is_bodiless("200 OK"));
+        assert!(!status_is_bodiless("404 Not Found"));
     }
 
     #[test]
