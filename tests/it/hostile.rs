@@ -104,22 +104,6 @@ fn absurd_name_value_length_is_refused_without_allocating() {
 }
 
 #[test]
-fn params_over_the_limit_are_refused() {
-    let server = Server::tcp(&["--builtin", "hello", "--max-params-bytes", "4096"]);
-    let mut s = server.connect();
-    let big = "v".repeat(10_000);
-    s.write_all(&request_bytes(1, false, &[("BIG", &big)], b""))
-        .unwrap();
-    assert_closed_by_server(&mut s);
-    assert!(
-        server.wait_log("exceed the limit of 4096 bytes"),
-        "{}",
-        server.log()
-    );
-    assert_still_serves(&server);
-}
-
-#[test]
 fn truncated_record_then_close_is_logged() {
     let server = Server::tcp(&["--builtin", "hello"]);
     let mut s = server.connect();

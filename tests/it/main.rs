@@ -19,6 +19,7 @@ mod iis_cli;
 mod iis_lifecycle;
 mod lifecycle;
 mod lighttpd;
+mod limits;
 mod nginx;
 mod python_nginx;
 mod starlette;

@@ -86,6 +86,15 @@ pub enum Event {
         /// Request id.
         id: u16,
     },
+    /// The request's params broke a limit ([`Limits::max_params_bytes`] or
+    /// [`Limits::max_params_pairs`]). The request is refused, not the connection: its further
+    /// PARAMS/STDIN records are ignored; the caller answers it (431) and ends it.
+    Refused {
+        /// Request id.
+        id: u16,
+        /// The limit that tripped.
+        reason: ProtoError,
+    },
 }
 
 #[derive(Debug)]
@@ -93,6 +102,8 @@ enum Phase {
     Params(BytesMut),
     Stdin,
     StdinDone,
+    /// Over a limit: the caller answers it; its input is dropped until it is finished.
+    Refused,
 }
 
 impl Phase {
@@ -101,6 +112,7 @@ impl Phase {
             Phase::Params(_) => "before FCGI_PARAMS ended",
             Phase::Stdin => "while reading FCGI_STDIN",
             Phase::StdinDone => "after FCGI_STDIN ended",
+            Phase::Refused => "after it was refused",
         }
     }
 }
@@ -196,17 +208,31 @@ impl ServerConnection {
             (RecordType::Params, Phase::Params(buf)) => {
                 if content.is_empty() {
                     let data = std::mem::take(buf).freeze();
-                    *phase = Phase::Stdin;
-                    let params = Params::decode(data, max_pairs, id)?;
-                    return Ok(Some(Event::Params { id, params }));
+                    return match Params::decode(data, max_pairs, id) {
+                        Ok(params) => {
+                            *phase = Phase::Stdin;
+                            Ok(Some(Event::Params { id, params }))
+                        }
+                        Err(reason @ ProtoError::TooManyParams { .. }) => {
+                            *phase = Phase::Refused;
+                            Ok(Some(Event::Refused { id, reason }))
+                        }
+                        Err(e) => Err(e),
+                    };
                 }
                 if buf.len() + content.len() > max_params_bytes {
-                    return Err(ProtoError::ParamsTooLarge {
+                    *phase = Phase::Refused;
+                    let reason = ProtoError::ParamsTooLarge {
                         id,
                         limit: max_params_bytes,
-                    });
+                    };
+                    return Ok(Some(Event::Refused { id, reason }));
                 }
                 buf.extend_from_slice(&content);
+                Ok(None)
+            }
+            // A refused request's remaining input (and its abort) is dropped.
+            (RecordType::Params | RecordType::Stdin | RecordType::AbortRequest, Phase::Refused) => {
                 Ok(None)
             }
             (RecordType::Stdin, Phase::Stdin) => {
@@ -553,16 +579,61 @@ mod tests {
     }
 
     #[test]
-    fn params_over_the_limit_fail_before_buffering() {
+    fn params_over_the_limit_refuse_the_request_not_the_connection() {
         let mut conn = ServerConnection::new(Limits {
             max_params_bytes: 100,
+            max_params_pairs: 3,
             ..Limits::default()
         });
         let mut buf = BytesMut::new();
         encode::begin_request(&mut buf, 1, Role::Responder, true);
         encode::params(&mut buf, 1, &[("N", "v".repeat(200))]).unwrap();
-        let err = all_events(&mut conn, &mut buf).unwrap_err();
-        assert_eq!(err, ProtoError::ParamsTooLarge { id: 1, limit: 100 });
+        // The rest of the refused request is dropped without an error.
+        encode::params(&mut buf, 1, &[("M", "w")]).unwrap();
+        encode::params_end(&mut buf, 1);
+        encode::stdin(&mut buf, 1, b"body");
+        encode::stdin_end(&mut buf, 1);
+        // Too many pairs on another request.
+        encode::begin_request(&mut buf, 2, Role::Responder, true);
+        encode::params(
+            &mut buf,
+            2,
+            &[("A", "1"), ("B", "2"), ("C", "3"), ("D", "4")],
+        )
+        .unwrap();
+        encode::params_end(&mut buf, 2);
+        let events = all_events(&mut conn, &mut buf).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                Event::Begin {
+                    id: 1,
+                    keep_conn: true
+                },
+                Event::Refused {
+                    id: 1,
+                    reason: ProtoError::ParamsTooLarge { id: 1, limit: 100 }
+                },
+                Event::Begin {
+                    id: 2,
+                    keep_conn: true
+                },
+                Event::Refused {
+                    id: 2,
+                    reason: ProtoError::TooManyParams { id: 2, limit: 3 }
+                },
+            ]
+        );
+        // Once finished, the id takes a new request.
+        conn.finish(1);
+        encode::begin_request(&mut buf, 1, Role::Responder, true);
+        encode::params(&mut buf, 1, &[("A", "1")]).unwrap();
+        encode::params_end(&mut buf, 1);
+        let events = all_events(&mut conn, &mut buf).unwrap();
+        assert!(
+            matches!(events[1], Event::Params { id: 1, .. }),
+            "{events:?}"
+        );
     }
 
     #[test]

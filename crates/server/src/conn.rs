@@ -459,6 +459,27 @@ async fn process<H: Handler>(
                     a.stdin_done.open();
                 }
             }
+            Event::Refused { id, reason } => {
+                let Some(a) = active.get_mut(&id) else {
+                    continue;
+                };
+                warn!(
+                    peer,
+                    id,
+                    "refused a request: {reason} (answered 431; raise --max-params-bytes or --max-params)"
+                );
+                a.started = true;
+                a.stdin_done.open();
+                let end = End {
+                    id,
+                    app_status: 0,
+                    close: !a.keep_conn,
+                };
+                let page: &[u8] = b"Status: 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe request's headers are larger than this server accepts.\n";
+                if out.push(RecordType::Stdout, id, page, Some(end)).is_err() {
+                    return Ok(());
+                }
+            }
             Event::Abort { id } => {
                 let Some(a) = active.get_mut(&id) else {
                     continue;

@@ -70,7 +70,20 @@ pub async fn serve<H: Handler>(
     let connected = listener.is_connected_stream();
     info!(listen = %listener.describe(), max_conns = config.max_conns, "serving");
     let mut outcome = None;
+    // Logged once each time the limit is reached, not once per waiting connection.
+    let mut at_limit = false;
     loop {
+        if permits.available_permits() == 0 {
+            if !at_limit && !connected {
+                warn!(
+                    max_conns = config.max_conns,
+                    "--max-conns reached: new connections wait in the listen backlog until one closes"
+                );
+            }
+            at_limit = true;
+        } else {
+            at_limit = false;
+        }
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
             p = Arc::clone(&permits).acquire_owned() => match p {
