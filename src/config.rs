@@ -14,6 +14,8 @@ use anyhow::{Context, bail};
 use clap::CommandFactory;
 use pyfcgi_iis::webconfig::{self, AppSettings};
 
+use crate::settings::{Pairs, flag_value, flag_value_present};
+
 /// A serve flag as the config layer sees it.
 struct Flag {
     long: String,
@@ -118,59 +120,10 @@ pub fn merged_args(raw: Vec<OsString>) -> anyhow::Result<(Vec<OsString>, Sources
     Ok((out, sources))
 }
 
-/// `--name VALUE` or `--name=VALUE` in `args`.
-fn flag_value(args: &[String], name: &str) -> Option<String> {
-    let long = format!("--{name}");
-    let eq = format!("--{name}=");
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--" {
-            break;
-        }
-        if *a == long {
-            return it.next().cloned();
-        }
-        if let Some(v) = a.strip_prefix(&eq) {
-            return Some(v.to_owned());
-        }
-    }
-    None
-}
-
-/// Settings as (flag name, values) pairs; several values for repeatable flags.
-type Pairs = Vec<(String, Vec<String>)>;
-
 fn read_toml(path: &Path) -> anyhow::Result<Pairs> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("{} is not valid TOML", path.display()))?;
-    let mut pairs = Vec::new();
-    for (key, value) in table {
-        let values = match value {
-            toml::Value::Array(items) => items
-                .iter()
-                .map(|v| scalar(v, path, &key))
-                .collect::<anyhow::Result<Vec<_>>>()?,
-            v => vec![scalar(&v, path, &key)?],
-        };
-        pairs.push((key.replace('_', "-"), values));
-    }
-    Ok(pairs)
-}
-
-fn scalar(v: &toml::Value, path: &Path, key: &str) -> anyhow::Result<String> {
-    Ok(match v {
-        toml::Value::String(s) => s.clone(),
-        toml::Value::Integer(i) => i.to_string(),
-        toml::Value::Float(f) => f.to_string(),
-        toml::Value::Boolean(b) => b.to_string(),
-        _ => bail!(
-            "{}: {key} must be a string, number, boolean or a list of them",
-            path.display()
-        ),
-    })
+    crate::settings::toml_pairs(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// web.config keys as flags: wfastcgi's keys map onto pyfcgi flags, `PYFCGI_X_Y` is `--x-y`,
@@ -255,14 +208,6 @@ fn push_settings(
         }
     }
     Ok(())
-}
-
-fn flag_value_present(args: &[String], name: &str) -> bool {
-    let long = format!("--{name}");
-    let eq = format!("--{name}=");
-    args.iter()
-        .take_while(|a| *a != "--")
-        .any(|a| *a == long || a.starts_with(&eq))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod python;
 #[cfg(feature = "python")]
 mod python_home;
 mod serve;
+mod settings;
 mod status_http;
 #[cfg(unix)]
 mod supervisor;

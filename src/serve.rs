@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::logging;
+pub use crate::settings::parse_size;
+use crate::settings::{parse_env_pair, parse_mode, parse_script_name, parse_workers};
 
 /// Exit code when the grace period ran out with requests in flight.
 const EXIT_GRACE_TIMEOUT: u8 = 3;
@@ -432,59 +434,6 @@ pub enum LoopArg {
     Asyncio,
     /// uvloop (an error when it is not installed).
     Uvloop,
-}
-
-/// Parses `10`, `64k`, `1m`, `2g` (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'k')) => (&t[..i], 1u64 << 10),
-        Some((i, 'm')) => (&t[..i], 1 << 20),
-        Some((i, 'g')) => (&t[..i], 1 << 30),
-        _ => (t.as_str(), 1),
-    };
-    num.trim()
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{s:?} is not a size like 1048576, 512k, 10m or 1g"))
-}
-
-fn parse_env_pair(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not NAME=VALUE")),
-    }
-}
-
-fn parse_script_name(s: &str) -> Result<String, String> {
-    if s.is_empty() || s == "/" {
-        return Ok(String::new());
-    }
-    if !s.starts_with('/') {
-        return Err(format!("{s:?} must start with '/', like /myapp"));
-    }
-    Ok(s.trim_end_matches('/').to_owned())
-}
-
-fn parse_workers(s: &str) -> Result<usize, String> {
-    if s.eq_ignore_ascii_case("auto") {
-        return Ok(std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
-    }
-    match s.trim().parse::<usize>() {
-        Ok(n) if (1..=1024).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "{s:?} is not a worker count: use 1 to 1024, or auto"
-        )),
-    }
-}
-
-fn parse_mode(s: &str) -> Result<u32, String> {
-    let s = s.strip_prefix("0o").unwrap_or(s);
-    u32::from_str_radix(s, 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("{s:?} is not an octal file mode like 660"))
 }
 
 /// How to create a `unix:` socket file: `--socket-mode`, `--socket-owner`, `--socket-group`.

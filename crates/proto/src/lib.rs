@@ -10,6 +10,7 @@
 //! * [`server`]: the responder side: a connection state machine that turns a web server's bytes
 //!   into [`server::Event`]s and answers management records itself.
 //! * [`client`]: the web-server side, used by the bundled client and the tests.
+//! * [`head`]: validation and encoding of the CGI response head an application sends.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -35,6 +36,7 @@
 pub mod client;
 pub mod encode;
 mod error;
+pub mod head;
 pub mod nv;
 pub mod record;
 pub mod server;

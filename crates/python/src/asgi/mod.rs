@@ -21,7 +21,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{error, info, warn};
 
 use crate::PythonError;
-use crate::wsgi::response::{validate_header, validate_status};
+use pyfcgi_proto::head;
 
 mod scope;
 
@@ -447,20 +447,18 @@ fn response_head(status: u16, headers: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>,
             "ASGI: status {status} is not a final HTTP status (200-599 expected)"
         ));
     }
-    validate_status(&line).map_err(|e| e.to_string())?;
-    let mut head = format!("Status: {line}\r\n").into_bytes();
+    head::validate_status(&line).map_err(|e| e.to_string())?;
+    let mut fields = Vec::with_capacity(headers.len());
     for (name, value) in headers {
         // latin-1, as HTTP header bytes are.
         let name: String = name.iter().map(|&b| char::from(b)).collect();
         let value: String = value.iter().map(|&b| char::from(b)).collect();
-        validate_header(&name, &value).map_err(|e| format!("ASGI: {e}"))?;
-        head.extend(name.chars().map(|c| c as u8));
-        head.extend_from_slice(b": ");
-        head.extend(value.chars().map(|c| c as u8));
-        head.extend_from_slice(b"\r\n");
+        head::validate_header(&name, &value).map_err(|e| format!("ASGI: {e}"))?;
+        fields.push((name, value));
     }
-    head.extend_from_slice(b"\r\n");
-    Ok(head)
+    let mut out = Vec::with_capacity(64 + fields.len() * 40);
+    head::encode_head(&mut out, &line, &fields);
+    Ok(out)
 }
 
 const ERROR_PAGE: &[u8] = b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 22\r\n\r\nInternal Server Error\n";

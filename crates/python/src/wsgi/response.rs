@@ -9,23 +9,13 @@
 use std::fmt::Write as _;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use pyfcgi_proto::head;
 use pyfcgi_server::{AbortSignal, ResponseWriter};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 use tracing::warn;
-
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-];
 
 pub(crate) struct ResponseState {
     /// Taken out while sending (the GIL is released then; the lock must not be held).
@@ -224,88 +214,16 @@ fn client_gone() -> PyErr {
 /// The CGI head: `Status:` line, headers, blank line.
 fn head_bytes(status: &str, headers: &[(String, String)], body_hint: usize) -> BytesMut {
     let mut out = BytesMut::with_capacity(64 + headers.len() * 40 + body_hint);
-    out.put_slice(b"Status: ");
-    put_latin1(&mut out, status);
-    out.put_slice(b"\r\n");
-    for (n, v) in headers {
-        put_latin1(&mut out, n);
-        out.put_slice(b": ");
-        put_latin1(&mut out, v);
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"\r\n");
+    head::encode_head(&mut out, status, headers);
     out
 }
 
-/// Appends a string already validated as latin-1.
-fn put_latin1(out: &mut BytesMut, s: &str) {
-    if s.is_ascii() {
-        out.put_slice(s.as_bytes());
-    } else {
-        out.extend(
-            s.chars()
-                .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?')),
-        );
-    }
-}
-
-fn is_tchar(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
-}
-
 pub(crate) fn validate_status(status: &str) -> PyResult<()> {
-    let bytes = status.as_bytes();
-    let code_ok = bytes.len() >= 3 && bytes[..3].iter().all(u8::is_ascii_digit) && bytes[0] != b'0';
-    let rest_ok = bytes.len() == 3 || bytes.get(3) == Some(&b' ');
-    if !code_ok || !rest_ok {
-        return Err(PyValueError::new_err(format!(
-            "invalid status {status:?}: it must be a 3-digit code and a reason phrase, like '200 OK'"
-        )));
-    }
-    if status.chars().any(|c| c.is_control() || u32::from(c) > 255) {
-        return Err(PyValueError::new_err(format!(
-            "invalid status {status:?}: control characters and characters outside latin-1 are not allowed"
-        )));
-    }
-    if bytes[0] == b'1' {
-        return Err(PyValueError::new_err(format!(
-            "invalid status {status:?}: a 1xx status is informational, not a final response (200-599 expected)"
-        )));
-    }
-    Ok(())
-}
-
-/// Whether a response with this status carries no body (RFC 9110 §6.4.1): 204 and 304.
-pub(crate) fn status_is_bodiless(status: &str) -> bool {
-    status.starts_with("204") || status.starts_with("304")
+    head::validate_status(status).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 pub(crate) fn validate_header(name: &str, value: &str) -> PyResult<()> {
-    if name.is_empty() || !name.chars().all(is_tchar) {
-        return Err(PyValueError::new_err(format!(
-            "invalid header name {name:?}: it must be an HTTP token"
-        )));
-    }
-    let lower = name.to_ascii_lowercase();
-    if HOP_BY_HOP.contains(&lower.as_str()) {
-        return Err(PyValueError::new_err(format!(
-            "hop-by-hop header {name:?} is not allowed from a WSGI application (PEP 3333)"
-        )));
-    }
-    if lower == "status" {
-        return Err(PyValueError::new_err(
-            "a header named 'Status' is not allowed; pass the status to start_response()",
-        ));
-    }
-    if let Some(c) = value
-        .chars()
-        .find(|&c| (c.is_control() && c != '\t') || u32::from(c) > 255)
-    {
-        return Err(PyValueError::new_err(format!(
-            "invalid value for header {name:?}: character {c:?} is not allowed (CR/LF would split the header; values must be latin-1)"
-        )));
-    }
-    Ok(())
+    head::validate_header(name, value).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 #[pymethods]
@@ -390,7 +308,7 @@ impl StartResponse {
         }
         let mut st = this.lock();
         if st.body != BodyRule::DropForHead {
-            st.body = if status_is_bodiless(&status) {
+            st.body = if head::status_is_bodiless(&status) {
                 BodyRule::DropForStatus
             } else {
                 BodyRule::Send
@@ -489,52 +407,6 @@ impl std::fmt::Write for StrBuf<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn statuses_are_validated() {
-        for ok in ["200 OK", "404 Not Found", "599 X", "200"] {
-            assert!(validate_status(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "OK",
-            "",
-            "20",
-            "20 OK",
-            "200OK",
-            "099 x",
-            "200 OK\r\nX: y",
-            "abc def",
-            "100 Continue",
-            "103 Early Hints",
-        ] {
-            assert!(validate_status(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn no_body_statuses() {
-        assert!(status_is_bodiless("204 No Content"));
-        assert!(status_is_bodiless("304 Not Modified"));
-        assert!(!status_is_bodiless("200 OK"));
-        assert!(!status_is_bodiless("404 Not Found"));
-    }
-
-    #[test]
-    fn headers_are_validated() {
-        assert!(validate_header("Content-Type", "text/html; charset=utf-8").is_ok());
-        assert!(validate_header("X-Latin", "caf\u{e9}").is_ok());
-        for (n, v) in [
-            ("X-A", "a\r\nSet-Cookie: x"),
-            ("X-A", "a\nb"),
-            ("Bad Name", "v"),
-            ("", "v"),
-            ("X-U", "\u{20ac}"),
-            ("Connection", "close"),
-            ("status", "200"),
-        ] {
-            assert!(validate_header(n, v).is_err(), "{n}: {v}");
-        }
-    }
 
     #[test]
     fn head_is_cgi_style() {
