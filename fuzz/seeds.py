@@ -1,5 +1,10 @@
 #!/usr/bin/env python3
-"""Writes seed inputs for the fuzz targets into fuzz/corpus/<target>/ (only into empty folders).
+"""Writes the hand-made seed inputs of the fuzz targets into fuzz/seeds/<target>/seed_*.
+
+fuzz/seeds/ is checked in; scripts/fuzz copies it into the working corpus (fuzz/corpus/, not
+checked in) before each run. Targets with structured (`arbitrary`) input, such as records,
+have no hand-made seeds: their fuzz/seeds/ folder holds a corpus minimised from a campaign
+(`scripts/fuzz --save-seeds`).
 
 server_conn inputs carry a control prefix (see fuzz_targets/server_conn.rs): byte 0 holds the
 number of control bytes and flags, then the control bytes, then the FastCGI stream.
@@ -89,7 +94,6 @@ def client_streams():
 
 
 def main():
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
     streams = server_streams()
     # server_conn prefixes: byte 0 = control byte count | flags, then the control bytes.
     # Chunk sizes cycle from control byte 0, finish decisions from control byte n/2 (bit 0 after
@@ -114,16 +118,56 @@ def main():
             "dup": pairs([(b"A", b"1"), (b"A", b"2")]),
         },
         "client_conn": client_streams(),
+        # status \0 name \0 value ...; a leading 0x01 means UTF-8 instead of latin-1.
+        "head": {
+            "ok": b"200 OK\0Content-Type\0text/html; charset=utf-8\0Content-Length\0" + b"12",
+            "latin1": b"200 D\xe9j\xe0 vu\0X-Latin\0caf\xe9\0X-Tab\0a\tb",
+            "crlf_value": b"200 OK\0X-A\0a\r\nSet-Cookie: owned=1",
+            "crlf_status": b"200 OK\r\nX-Injected: 1\0X-Ok\0v",
+            "crlf_name": b"302 Found\0Location\0/x\0X-Injected: 1\r\nX-Ok\0v",
+            "hop": b"204 No Content\0Connection\0close\0Transfer-Encoding\0chunked",
+            "informational": b"103 Early Hints\0Link\0</a.css>; rel=preload",
+            "status_header": b"200\0Status\0302 Found\0  spaced  \0 v ",
+            "utf8": b"\x01200 OK\0X-Euro\0\xe2\x82\xac\0X-U\0\xc3\xa9",
+        },
+        # web.config bytes, then NUL and "root\napp\nvenv".
+        "webconfig": {
+            **{f"configs_{name}": read(f"configs/iis/{name}/web.config") + b"\0C:\\inetpub\\wwwroot\\my site\n" + app.encode() + b"\nC:\\venvs\\site"
+               for name, app in [("flask", "app.app"), ("django", "mysite.wsgi.application")]},
+            "empty": b"<configuration/>",
+            "app_settings": (b'<?xml version="1.0" encoding="utf-8"?>\n<configuration><appSettings>'
+                             b'<add key="WSGI_HANDLER" value="app.app"/><add key="PYTHONPATH" value="%SystemDrive%\\x;C:\\y"/>'
+                             b'<remove key="X"/><clear/><add key="PYFCGI_THREADS" value="4"/></appSettings>'
+                             b'<system.webServer><handlers><clear/><add name="Python FastCGI" path="*" verb="*" '
+                             b'modules="FastCgiModule" scriptProcessor="C:\\Python\\python.exe|C:\\wfastcgi.py" '
+                             b'resourceType="Unspecified"/></handlers><fastCgi/></system.webServer></configuration>'
+                             b'\0C:\\"quoted" root\\\napp:application\n'),
+            "location": (b'<configuration><location path="static"><system.webServer><handlers>'
+                         b'<remove name="pyfcgi"/></handlers></system.webServer></location></configuration>'),
+        },
+        # byte 0 picks the parser: 0 values, 1/2 pyfcgi.toml, 3 flag lookup.
+        "settings": {
+            "size": b"\x00512k",
+            "size_big": b"\x0017179869183g",
+            "mode": b"\x000o660",
+            "toml_example": b"\x01" + read("configs/pyfcgi.toml"),
+            "toml_lists": b"\x01pythonpath = [\"/a\", \"/b\"]\nthreads = 4\ndetailed_errors = true\n[table]\nx = 1\n",
+            "flags": b"\x03app-root\n--threads\n4\n--app-root=/srv/app\n--\n--app-root\n/x",
+        },
     }
+    out_root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds")
     for target, seeds in corpora.items():
-        d = os.path.join(root, target)
+        d = os.path.join(out_root, target)
         os.makedirs(d, exist_ok=True)
-        if os.listdir(d):
-            continue
         for name, data in seeds.items():
             with open(os.path.join(d, f"seed_{name}"), "wb") as f:
                 f.write(data)
         print(f"seeds: wrote {len(seeds)} inputs to {os.path.relpath(d)}", file=sys.stderr)
+
+
+def read(rel):
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", rel), "rb") as f:
+        return f.read()
 
 
 if __name__ == "__main__":

@@ -262,6 +262,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PYFCGI_STATUS_BIND", value_name = "ADDR")]
     pub status_bind: Option<String>,
 
+    /// Apply X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host (REMOTE_ADDR, the URL
+    /// scheme, HTTP_HOST) when the web server's client is one of these proxies: addresses or
+    /// networks, comma-separated or repeated (10.0.0.1, 10.0.0.0/8, ::1). Without it those
+    /// headers reach the app as plain headers and change nothing.
+    #[arg(long, env = "PYFCGI_TRUSTED_PROXY", value_name = "ADDRS", value_parser = parse_trusted_proxy)]
+    pub trusted_proxy: Vec<pyfcgi_server::proxy::TrustedProxies>,
+
     /// Serve a built-in handler instead of an application: hello (fixed 13-byte response),
     /// echo (the request body back) or env (the request params as text).
     #[arg(long, env = "PYFCGI_BUILTIN", value_name = "NAME")]
@@ -434,6 +441,23 @@ pub enum LoopArg {
     Asyncio,
     /// uvloop (an error when it is not installed).
     Uvloop,
+}
+
+fn parse_trusted_proxy(s: &str) -> Result<pyfcgi_server::proxy::TrustedProxies, String> {
+    s.parse()
+        .map_err(|e: pyfcgi_server::proxy::BadProxy| e.to_string())
+}
+
+/// All `--trusted-proxy` entries as one list, `None` when there are none.
+fn trusted_proxies(
+    lists: &[pyfcgi_server::proxy::TrustedProxies],
+) -> Option<Arc<pyfcgi_server::proxy::TrustedProxies>> {
+    let (first, rest) = lists.split_first()?;
+    let mut all = first.clone();
+    for l in rest {
+        all.extend(l);
+    }
+    Some(Arc::new(all))
 }
 
 /// How to create a `unix:` socket file: `--socket-mode`, `--socket-owner`, `--socket-group`.
@@ -974,6 +998,7 @@ async fn serve_async<H: pyfcgi_server::Handler>(
                 max_memory: usize::try_from(args.max_body_memory).unwrap_or(usize::MAX),
             },
             observer,
+            trusted_proxies: trusted_proxies(&args.trusted_proxy),
             ..ConnConfig::default()
         },
         max_conns: args.max_conns.max(1),

@@ -60,6 +60,8 @@ enum Phase {
     Params,
     Stdin,
     StdinDone,
+    /// Refused over a params limit: no further events until finished.
+    Refused,
 }
 
 #[derive(Debug, Default)]
@@ -172,7 +174,32 @@ impl Harness<'_> {
                 self.maybe_finish_after_end(*id);
             }
             Event::Abort { id } => {
-                self.phase_of(*id, "Abort");
+                let phase = self.phase_of(*id, "Abort");
+                assert_ne!(
+                    *phase,
+                    Phase::Refused,
+                    "Abort event for refused request {id}"
+                );
+                self.maybe_finish_after_end(*id);
+            }
+            Event::Refused { id, reason } => {
+                let limits = self.limits.clone();
+                let phase = self.phase_of(*id, "Refused");
+                assert_eq!(
+                    *phase,
+                    Phase::Params,
+                    "Refused event for request {id} in phase {phase:?}"
+                );
+                *phase = Phase::Refused;
+                match reason {
+                    ProtoError::ParamsTooLarge { id: rid, limit } => {
+                        assert_eq!((*rid, *limit), (*id, MAX_PARAMS_BYTES));
+                    }
+                    ProtoError::TooManyParams { id: rid, limit } => {
+                        assert_eq!((*rid, *limit), (*id, limits.max_params_pairs));
+                    }
+                    other => panic!("request {id} refused for {other}, which is not a limit"),
+                }
                 self.maybe_finish_after_end(*id);
             }
         }

@@ -240,9 +240,14 @@ impl Registration {
     }
 
     /// A new `web.config`, or `existing` updated, as text.
+    /// An existing file whose `<appSettings>` pyfcgi cannot read is refused with that error:
+    /// written back as it is, the site would fail at its first request instead.
     pub fn web_config(&self, existing: Option<&[u8]>, path: &Path) -> Result<String, IisError> {
         let mut root = match existing {
-            Some(x) => parse(x, path)?,
+            Some(x) => {
+                crate::webconfig::AppSettings::default().apply_xml(x, path)?;
+                parse(x, path)?
+            }
             None => Element::new("configuration"),
         };
         self.apply(&mut root);
@@ -676,6 +681,17 @@ mod tests {
         r.app = Some("mysite.wsgi:application".into());
         r.venv = Some(PathBuf::from(r"C:\inetpub\wwwroot\mysite\.venv"));
         r
+    }
+
+    /// Found by fuzz/fuzz_targets/webconfig.rs: an `<add>` without `key` in appSettings was
+    /// kept, so `enable` wrote a web.config that `serve` then refused to read.
+    #[test]
+    fn enable_refuses_a_web_config_whose_app_settings_are_unreadable() {
+        let existing = br#"<configuration><appSettings><add key="A" value="1"/><add keyy="B" value="2"/></appSettings></configuration>"#;
+        let err = reg()
+            .web_config(Some(existing), Path::new("web.config"))
+            .unwrap_err();
+        assert!(err.to_string().contains("without a key attribute"), "{err}");
     }
 
     #[test]

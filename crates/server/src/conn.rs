@@ -48,6 +48,8 @@ pub struct ConnConfig {
     pub align_records: bool,
     /// Told about every request's start and end (access log, metrics).
     pub observer: Option<Arc<dyn crate::observe::Observer>>,
+    /// `--trusted-proxy`: whose `X-Forwarded-*` headers are applied to the params.
+    pub trusted_proxies: Option<Arc<crate::proxy::TrustedProxies>>,
 }
 
 impl Default for ConnConfig {
@@ -64,6 +66,7 @@ impl Default for ConnConfig {
             read_buffer: 64 * 1024,
             align_records: false,
             observer: None,
+            trusted_proxies: None,
         }
     }
 }
@@ -422,6 +425,14 @@ async fn process<H: Handler>(
             Event::Params { id, params } => {
                 let Some(a) = active.get_mut(&id) else {
                     continue;
+                };
+                let params = match config
+                    .trusted_proxies
+                    .as_ref()
+                    .and_then(|t| t.rewrite(&params))
+                {
+                    Some(rewritten) => rewritten,
+                    None => params,
                 };
                 let (feeder, body_rx) = body::channel(&config.body);
                 a.body = Some(feeder);

@@ -22,6 +22,7 @@ pub mod handler;
 pub mod observe;
 mod out;
 pub mod process;
+pub mod proxy;
 pub mod serve;
 pub mod transport;
 
