@@ -311,9 +311,27 @@ fn describe_settings(mut f: Finding, settings: &webconfig::AppSettings) -> Findi
             .find(|(_, s)| s.get(key).is_some())
             .map(|(p, _)| p.display().to_string())
             .unwrap_or_default();
-        f = f.detail(format!("  {key:<width$} = {value}   [{source}]"));
+        // Keys pyfcgi does not read are the app's environment: secrets (SECRET_KEY,
+        // DATABASE_URL) live there, and doctor output gets pasted into tickets.
+        let shown = if is_pyfcgi_key(key) {
+            value.to_owned()
+        } else {
+            format!(
+                "(hidden: {} characters, passed to the app's environment)",
+                value.chars().count()
+            )
+        };
+        f = f.detail(format!("  {key:<width$} = {shown}   [{source}]"));
     }
     f
+}
+
+/// An appSettings key pyfcgi itself reads (its value is configuration, not a secret).
+fn is_pyfcgi_key(key: &str) -> bool {
+    let upper = key.to_ascii_uppercase();
+    upper.starts_with("WSGI_")
+        || upper.starts_with("PYFCGI_")
+        || matches!(upper.as_str(), "PYTHONPATH" | "SCRIPT_NAME")
 }
 
 fn resolve_app(args: &DoctorArgs, site: &Site) -> Option<(String, &'static str)> {

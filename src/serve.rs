@@ -111,6 +111,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PYFCGI_MAX_BODY_MEMORY", default_value = "1m", value_name = "SIZE", value_parser = parse_size)]
     pub max_body_memory: u64,
 
+    /// Directory for request bodies over --max-body-memory (default: the system temp
+    /// directory, $TMPDIR). Spool files have no name there, are readable only by this user
+    /// and vanish with the request.
+    #[arg(long, env = "PYFCGI_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
     /// ASGI: response bytes a request may have handed to `send()` and not yet written before
     /// `send()` waits for the client (backpressure). Suffixes k, m, g.
     #[arg(long, env = "PYFCGI_SEND_WINDOW", default_value = "64k", value_name = "SIZE", value_parser = parse_size)]
@@ -242,9 +248,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PYFCGI_ACCESS_LOG_FORMAT", value_name = "FORMAT", default_value = crate::metrics::DEFAULT_ACCESS_FORMAT)]
     pub access_log_format: String,
 
-    /// Permissions of a new unix socket file, in octal (e.g. 660).
-    #[arg(long, env = "PYFCGI_SOCKET_MODE", value_name = "MODE", value_parser = parse_mode)]
-    pub socket_mode: Option<u32>,
+    /// Permissions of a new unix socket file, in octal. The default, 660, lets the owner and
+    /// the group connect and nobody else, whatever the umask (give the web server the group
+    /// with --socket-group, or use 666 to let every local user connect).
+    #[arg(long, env = "PYFCGI_SOCKET_MODE", value_name = "MODE", value_parser = parse_mode, default_value = "660")]
+    pub socket_mode: u32,
 
     /// Owner of a new unix socket file: a user name or id (needs root).
     #[arg(long, env = "PYFCGI_SOCKET_OWNER", value_name = "USER")]
@@ -485,7 +493,7 @@ pub(crate) fn unix_socket_options(
         (None, None)
     };
     Ok(pyfcgi_server::transport::UnixSocketOptions {
-        mode: args.socket_mode,
+        mode: Some(args.socket_mode),
         uid,
         gid,
     })
@@ -996,6 +1004,7 @@ async fn serve_async<H: pyfcgi_server::Handler>(
             body: BodyConfig {
                 queue: 8,
                 max_memory: usize::try_from(args.max_body_memory).unwrap_or(usize::MAX),
+                spool_dir: args.spool_dir.as_deref().map(Arc::from),
             },
             observer,
             trusted_proxies: trusted_proxies(&args.trusted_proxy),

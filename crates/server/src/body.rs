@@ -29,6 +29,10 @@ pub struct BodyConfig {
     pub queue: usize,
     /// Body bytes a request may hold in memory beyond that before spooling to a temp file.
     pub max_memory: usize,
+    /// Where spool files are created (`--spool-dir`; `None`: the system temp directory).
+    /// They are created without a name (or unlinked at once), readable only by this user,
+    /// and gone when the request ends, even if the process is killed.
+    pub spool_dir: Option<std::sync::Arc<std::path::Path>>,
 }
 
 /// The reader's end of one request body.
@@ -68,6 +72,7 @@ impl BodyFeeder {
                         handler_tx,
                         Arc::clone(&budget),
                         config.max_memory,
+                        config.spool_dir.clone(),
                     ));
                     *self = Self::Pumped { tx: ptx, budget };
                     Box::pin(self.feed(msg, config)).await;
@@ -78,7 +83,7 @@ impl BodyFeeder {
                     BodyMsg::Data(b) => u32::try_from(b.len())
                         .unwrap_or(PUMP_INFLIGHT)
                         .min(PUMP_INFLIGHT),
-                    BodyMsg::End => 0,
+                    BodyMsg::End | BodyMsg::Failed => 0,
                 };
                 let budget = Arc::clone(budget);
                 if len > 0 {
@@ -105,6 +110,7 @@ struct Backlog {
     memory_bytes: usize,
     max_memory: usize,
     spool: Option<Spool>,
+    spool_dir: Option<Arc<std::path::Path>>,
 }
 
 struct Spool {
@@ -133,9 +139,20 @@ impl Backlog {
             return Ok(());
         }
         if self.spool.is_none() {
-            let file = tokio::task::spawn_blocking(tempfile::tempfile)
-                .await
-                .map_err(std::io::Error::other)??;
+            let dir = self.spool_dir.clone();
+            let file = tokio::task::spawn_blocking(move || {
+                let file = match dir {
+                    Some(d) => tempfile::tempfile_in(d)?,
+                    None => tempfile::tempfile()?,
+                };
+                // O_TMPFILE files get 0666 minus the umask: the file has no name, but its
+                // bits should say private too.
+                #[cfg(unix)]
+                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                Ok::<_, std::io::Error>(file)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
             debug!(
                 max_memory = self.max_memory,
                 "request body exceeds memory budget; spooling to a temp file"
@@ -230,12 +247,14 @@ async fn pump(
     handler: mpsc::Sender<BodyMsg>,
     budget: Arc<Semaphore>,
     max_memory: usize,
+    spool_dir: Option<Arc<std::path::Path>>,
 ) {
     let mut backlog = Backlog {
         memory: VecDeque::new(),
         memory_bytes: 0,
         max_memory,
         spool: None,
+        spool_dir,
     };
     let mut ended = false;
     let mut input_open = true;
@@ -254,7 +273,14 @@ async fn pump(
                     if handler_open
                         && let Err(e) = backlog.push(data).await
                     {
-                        warn!(error = %e, "cannot spool the request body to a temp file; the handler will see it end early");
+                        let dir = backlog.spool_dir.as_deref().map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+                        warn!(error = %e, dir = %dir.display(), "cannot spool the request body to a temp file (--spool-dir); the application sees a read error and the rest of the body is discarded");
+                        // What was buffered is dropped too: the app must not see a body with
+                        // a hole in it.
+                        backlog.memory.clear();
+                        backlog.memory_bytes = 0;
+                        backlog.spool = None;
+                        let _ = handler.send(BodyMsg::Failed).await;
                         handler_open = false;
                     }
                 }
@@ -262,7 +288,8 @@ async fn pump(
                     ended = true;
                     input_open = false;
                 }
-                None => input_open = false,
+                // Only the pump sends Failed, never the connection.
+                Some(BodyMsg::Failed) | None => input_open = false,
             },
             permit = handler.reserve(), if handler_open && !backlog.is_empty() => match permit {
                 Ok(permit) => match backlog.pop().await {

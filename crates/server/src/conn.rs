@@ -61,6 +61,7 @@ impl Default for ConnConfig {
             body: BodyConfig {
                 queue: 8,
                 max_memory: 1 << 20,
+                spool_dir: None,
             },
             response_buffer: 256 * 1024,
             read_buffer: 64 * 1024,

@@ -75,6 +75,8 @@ pub struct Request {
 pub(crate) enum BodyMsg {
     Data(Bytes),
     End,
+    /// The body could not be buffered (spool file); nothing more comes.
+    Failed,
 }
 
 /// Why the body could not be read to its end.
@@ -86,6 +88,11 @@ pub enum BodyError {
         "the request body ended early: the web server closed the connection or aborted the request"
     )]
     Incomplete,
+    /// The body overflowed memory and could not be written to a spool file.
+    #[error(
+        "the request body could not be buffered: writing the spool file failed (disk full or --spool-dir not writable; see the server log)"
+    )]
+    SpoolFailed,
 }
 
 /// The request body: chunks in arrival order, then `Ok(None)`.
@@ -116,6 +123,10 @@ impl BodyReceiver {
             Some(BodyMsg::End) => {
                 self.done = true;
                 Ok(None)
+            }
+            Some(BodyMsg::Failed) => {
+                self.done = true;
+                Err(BodyError::SpoolFailed)
             }
             None => Err(BodyError::Incomplete),
         }

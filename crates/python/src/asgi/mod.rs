@@ -711,6 +711,8 @@ impl Drive<'_> {
                 self.body_done = true;
                 Outcome::Chunk(Bytes::new(), false)
             }
+            // The client is still there: the app's response (or pyfcgi's 500) reaches it.
+            Err(pyfcgi_server::BodyError::SpoolFailed) => Outcome::Disconnect,
             Err(_) => {
                 self.set_gone();
                 Outcome::Disconnect
