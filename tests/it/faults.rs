@@ -175,7 +175,7 @@ fn a_gigabyte_to_a_slow_reader_keeps_server_memory_bounded() {
         assert!(n > 0, "closed early after {body} bytes");
         buf.extend_from_slice(&chunk[..n]);
         reads += 1;
-        if reads % 64 == 0 {
+        if reads.is_multiple_of(64) {
             std::thread::sleep(Duration::from_millis(15));
             peak = peak.max(vm_kib(server.pid(), "VmRSS:"));
         }
