@@ -226,6 +226,36 @@ mod tests {
         assert!(!flag_value_present(&args, "threads"));
     }
 
+    /// configs/pyfcgi.toml, with its commented-out keys switched on, is a valid `serve`
+    /// configuration: every key is a flag and every value parses.
+    #[test]
+    fn the_shipped_pyfcgi_toml_parses_with_every_key_on() {
+        use clap::Parser;
+        let shipped = include_str!("../configs/pyfcgi.toml");
+        let all_on: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(all_on.contains("\ntrusted-proxy = "), "{all_on}");
+        let path = std::env::temp_dir().join(format!("pyfcgi-toml-{}.toml", std::process::id()));
+        std::fs::write(&path, &all_on).unwrap();
+        let raw: Vec<OsString> = ["pyfcgi", "serve", "--config", path.to_str().unwrap()]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let merged = merged_args(raw);
+        let _ = std::fs::remove_file(&path);
+        let (args, sources) = merged.unwrap();
+        assert_eq!(sources.files.len(), 1);
+        if let Err(e) = crate::Cli::try_parse_from(&args) {
+            panic!("{e}\nargs: {args:?}");
+        }
+    }
+
     #[test]
     fn web_config_keys_map_to_flags() {
         let mut s = AppSettings::default();

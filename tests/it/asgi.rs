@@ -302,6 +302,19 @@ fn head_204_and_304_responses_carry_no_body_even_when_the_app_sends_one() {
         "{}",
         s.logs()
     );
+    // A 1xx status cannot be the final one: refused from send(), a 500 for the client.
+    let r = s.direct(&[
+        ("REQUEST_METHOD", "GET"),
+        ("PATH_INFO", "/body-anyway"),
+        ("QUERY_STRING", "103"),
+    ]);
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(out.starts_with("Status: 500 "), "{out}\n{}", s.logs());
+    let end = Instant::now() + Duration::from_secs(10);
+    while !s.logs().contains("1xx status is informational") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(s.logs().contains("1xx status is informational"), "{}", s.logs());
 }
 
 #[test]
