@@ -281,7 +281,11 @@ fn a_full_spool_directory_gives_a_500_a_log_line_and_frees_the_space() {
         "{}",
         server.log()
     );
-    assert!(server.wait_log("No space left on device"), "{}", server.log());
+    assert!(
+        server.wait_log("No space left on device"),
+        "{}",
+        server.log()
+    );
     // The failed spool file is gone with its request: the next body that fits spools fine.
     let r = upload(&server, 1, 128 << 10);
     assert!(r.ends_with("\r\n\r\n131072"), "{r}\nlog:\n{}", server.log());
