@@ -28,7 +28,8 @@ pub const WFASTCGI_KEYS: [&str; 5] = [
 /// Merged settings, in the order keys were added (later files override earlier ones).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppSettings {
-    entries: Vec<(String, String)>,
+    /// (key, value, the web.config file that set it).
+    entries: Vec<(String, String, PathBuf)>,
     /// The files read, outermost first.
     pub sources: Vec<PathBuf>,
 }
@@ -38,13 +39,20 @@ impl AppSettings {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
+            .find(|(k, _, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v, _)| v.as_str())
     }
 
     /// All entries.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.entries.iter().map(|(k, v, _)| (k.as_str(), v.as_str()))
+    }
+
+    /// All entries with the web.config file that set each (for messages naming the file).
+    pub fn iter_with_origin(&self) -> impl Iterator<Item = (&str, &str, &Path)> {
+        self.entries
+            .iter()
+            .map(|(k, v, f)| (k.as_str(), v.as_str(), f.as_path()))
     }
 
     /// Entries to export to `os.environ`: everything except wfastcgi's own keys and
@@ -68,19 +76,24 @@ impl AppSettings {
             .unwrap_or_default()
     }
 
-    fn set(&mut self, key: &str, value: &str) {
+    fn set(&mut self, key: &str, value: &str, file: &Path) {
         match self
             .entries
             .iter_mut()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .find(|(k, _, _)| k.eq_ignore_ascii_case(key))
         {
-            Some(e) => value.clone_into(&mut e.1),
-            None => self.entries.push((key.to_owned(), value.to_owned())),
+            Some(e) => {
+                value.clone_into(&mut e.1);
+                file.clone_into(&mut e.2);
+            }
+            None => self
+                .entries
+                .push((key.to_owned(), value.to_owned(), file.to_owned())),
         }
     }
 
     fn remove(&mut self, key: &str) {
-        self.entries.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+        self.entries.retain(|(k, _, _)| !k.eq_ignore_ascii_case(key));
     }
 
     /// Applies one file's `<appSettings>` on top of what is there.
@@ -116,7 +129,7 @@ impl AppSettings {
                 ("remove", Some(k)) => self.remove(k),
                 ("add", Some(k)) => {
                     let v = e.attributes.get("value").map_or("", String::as_str);
-                    self.set(k, v);
+                    self.set(k, v, path);
                 }
                 ("add" | "remove", None) => {
                     return Err(IisError::Invalid {
