@@ -662,7 +662,7 @@ impl AccessLog {
                 "bytes" => d.bytes.to_string(),
                 "duration_ms" => format!("{:.3}", us as f64 / 1000.0),
                 "duration_us" => us.to_string(),
-                "request_id" => d.seq.to_string(),
+                "request_id" => d.request_id().to_string(),
                 "pid" => std::process::id().to_string(),
                 other => format!("{{{other}}}"),
             };
@@ -794,7 +794,10 @@ mod tests {
             duration: Duration::from_millis(3),
             app_status: 0,
         };
-        assert_eq!(log.line(&d), "GET /a?b 404 12 id=7 -\n");
+        assert_eq!(
+            log.line(&d),
+            format!("GET /a?b 404 12 id={} -\n", d.request_id())
+        );
     }
 
     #[test]

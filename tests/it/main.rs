@@ -23,6 +23,7 @@ mod lighttpd;
 mod limits;
 mod nginx;
 mod python_nginx;
+mod request_ids;
 mod security;
 mod starlette;
 mod supervisor;

@@ -79,19 +79,20 @@ impl Cgi {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// The request id printed on pyfcgi's error pages.
-    pub fn request_id(&self) -> u64 {
+    /// The request id printed on pyfcgi's error pages (`k3f9a2qz-17`).
+    pub fn request_id(&self) -> String {
         let text = self.body_str();
         let at = text
             .find("Request id: ")
             .expect("no request id on the page")
             + 12;
-        text[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        let id = text[at..].split_whitespace().next().unwrap_or_default();
+        assert!(
+            id.split_once('-')
+                .is_some_and(|(p, n)| p.len() == 8 && n.parse::<u64>().is_ok()),
+            "not a request id: {id:?} in {text:?}"
+        );
+        id.to_owned()
     }
 }
 
@@ -1180,17 +1181,16 @@ fn print_logging_and_wsgi_errors_reach_the_log_with_the_request_number() {
             let log = server.log();
             let line = log.lines().find(|l| l.contains(&marker)).unwrap();
             assert!(line.contains(&format!("stream=\"{stream}\"")), "{line}");
-            let n: u64 = line
+            let id = line
                 .split("request=")
                 .nth(1)
-                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("no request number: {line}"));
-            assert_ne!(n, 0, "{line}");
-            seen.push(n);
+                .and_then(|s| s.split_whitespace().next())
+                .filter(|id| id.contains('-'))
+                .unwrap_or_else(|| panic!("no request id: {line}"));
+            seen.push(id.to_owned());
         }
-        assert!(seen.iter().all(|&n| n == seen[0]), "{seen:?}");
-        numbers.push(seen[0]);
+        assert!(seen.iter().all(|n| *n == seen[0]), "{seen:?}");
+        numbers.push(seen[0].clone());
     }
     assert_ne!(numbers[0], numbers[1]);
     assert_validator_quiet(&server);

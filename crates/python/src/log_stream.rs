@@ -5,12 +5,14 @@
 use std::cell::Cell;
 use std::sync::Mutex;
 
+use pyfcgi_server::observe::RequestId;
 use pyo3::prelude::*;
 use tracing::Level;
+use tracing::field::display;
 
 thread_local! {
-    /// The request the current worker thread is running (0 between requests).
-    pub(crate) static CURRENT_REQUEST: Cell<u64> = const { Cell::new(0) };
+    /// The request the current worker thread is running (`None` between requests).
+    pub(crate) static CURRENT_REQUEST: Cell<Option<RequestId>> = const { Cell::new(None) };
 }
 
 /// A file-like object whose lines become log events.
@@ -18,8 +20,8 @@ thread_local! {
 pub struct LogStream {
     name: &'static str,
     level: Level,
-    /// The request this stream belongs to (`wsgi.errors`), 0 for process-wide streams.
-    request: u64,
+    /// The request this stream belongs to (`wsgi.errors`), `None` for process-wide streams.
+    request: Option<RequestId>,
     partial: Mutex<String>,
 }
 
@@ -29,17 +31,17 @@ impl LogStream {
         Self {
             name,
             level,
-            request: 0,
+            request: None,
             partial: Mutex::new(String::new()),
         }
     }
 
     /// A request's `wsgi.errors`.
-    pub fn for_request(request: u64) -> Self {
+    pub fn for_request(request: RequestId) -> Self {
         Self {
             name: "wsgi.errors",
             level: Level::WARN,
-            request,
+            request: Some(request),
             partial: Mutex::new(String::new()),
         }
     }
@@ -47,12 +49,11 @@ impl LogStream {
     fn emit(&self, line: &str) {
         let stream = self.name;
         // sys.stdout/sys.stderr are shared: attribute a line to the request this worker
-        // thread is running, if any.
-        let request = if self.request == 0 {
-            CURRENT_REQUEST.with(Cell::get)
-        } else {
-            self.request
-        };
+        // thread is running, if any (a line outside any request has no `request` field).
+        let request = self
+            .request
+            .or_else(|| CURRENT_REQUEST.with(Cell::get))
+            .map(display);
         match self.level {
             Level::ERROR => tracing::error!(target: "pyfcgi::app", stream, request, "{line}"),
             Level::WARN => tracing::warn!(target: "pyfcgi::app", stream, request, "{line}"),

@@ -336,7 +336,7 @@ fn worker(
                         .or_else(|| request.params.get_str("PATH_INFO"))
                         .unwrap_or("/")
                 );
-                d.watch(request.seq, ident, response.takeover(), what)
+                d.watch(request.request_id(), ident, response.takeover(), what)
             });
             match resolve(py, app) {
                 Resolved::App(app) => {
@@ -352,11 +352,10 @@ fn worker(
                     }
                 }
                 Resolved::Failed(detail) => {
-                    let seq = request.seq;
                     let page = error_page(
                         "500 Internal Server Error",
                         "Internal Server Error: the application failed to load. The server log has the details.",
-                        seq,
+                        request.request_id(),
                         cfg.detailed_errors.then_some(detail.as_str()),
                     );
                     drop(request);

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pyfcgi_server::Takeover;
+use pyfcgi_server::observe::RequestId;
 use pyo3::prelude::*;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
@@ -24,13 +25,13 @@ struct Entry {
 /// The requests running on the worker threads.
 #[derive(Clone)]
 pub(crate) struct Watchdog {
-    running: Arc<Mutex<HashMap<u64, Entry>>>,
+    running: Arc<Mutex<HashMap<RequestId, Entry>>>,
 }
 
 /// Removes its request from the watchdog when dropped.
 pub(crate) struct Watched {
     dog: Watchdog,
-    seq: u64,
+    id: RequestId,
 }
 
 impl Drop for Watched {
@@ -39,7 +40,7 @@ impl Drop for Watched {
             .running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.seq);
+            .remove(&self.id);
     }
 }
 
@@ -60,10 +61,10 @@ impl Watchdog {
         Ok(dog)
     }
 
-    /// Watches request `seq`, running on the Python thread `thread` (`threading.get_ident()`).
+    /// Watches request `id`, running on the Python thread `thread` (`threading.get_ident()`).
     pub(crate) fn watch(
         &self,
-        seq: u64,
+        id: RequestId,
         thread: u64,
         takeover: Option<Takeover>,
         what: String,
@@ -72,7 +73,7 @@ impl Watchdog {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(
-                seq,
+                id,
                 Entry {
                     thread,
                     started: Instant::now(),
@@ -83,13 +84,13 @@ impl Watchdog {
             );
         Watched {
             dog: self.clone(),
-            seq,
+            id,
         }
     }
 }
 
 fn watch(
-    running: &Mutex<HashMap<u64, Entry>>,
+    running: &Mutex<HashMap<RequestId, Entry>>,
     timeout: Duration,
     exit_when_stuck: bool,
     shutdown: &CancellationToken,
@@ -103,16 +104,16 @@ fn watch(
             .is_empty()
     {
         std::thread::sleep(tick);
-        let mut late: Vec<(u64, u64, String, Duration, bool)> = Vec::new();
+        let mut late: Vec<(RequestId, u64, String, Duration, bool)> = Vec::new();
         let mut stuck = false;
         {
             let mut map = running.lock().unwrap_or_else(PoisonError::into_inner);
-            for (seq, e) in map.iter_mut() {
+            for (id, e) in map.iter_mut() {
                 let elapsed = e.started.elapsed();
                 if elapsed >= timeout && !e.answered {
                     e.answered = true;
                     let page = format!(
-                        "The application did not answer within {} s (request id {seq}).\n",
+                        "The application did not answer within {} s (request id {id}).\n",
                         timeout.as_secs_f64()
                     );
                     let response = format!(
@@ -123,17 +124,17 @@ fn watch(
                         .takeover
                         .as_ref()
                         .is_some_and(|t| t.respond(response.as_bytes()) || t.end_now());
-                    late.push((*seq, e.thread, e.what.clone(), elapsed, answered));
+                    late.push((*id, e.thread, e.what.clone(), elapsed, answered));
                 }
                 if elapsed >= timeout * 2 {
                     stuck = true;
                 }
             }
         }
-        for (seq, thread, what, elapsed, answered) in late {
+        for (id, thread, what, elapsed, answered) in late {
             let python = python_stack(thread);
             error!(
-                request = seq,
+                request = %id,
                 elapsed_s = elapsed.as_secs_f64(),
                 "{what}: over --request-timeout ({} s): {}; the application's Python stack:\n{python}",
                 timeout.as_secs_f64(),

@@ -58,7 +58,8 @@ impl<H: Handler> Handler for Arc<H> {
 pub struct Request {
     /// The FastCGI request id (unique among the connection's active requests).
     pub id: u16,
-    /// A process-unique request number, for logs and error pages.
+    /// This process's request number; logs and error pages show it as
+    /// [`Request::request_id`].
     pub seq: u64,
     /// The CGI/1.1 variables the web server sent.
     pub params: Params,
@@ -68,6 +69,13 @@ pub struct Request {
     pub body: BodyReceiver,
     /// Fires when the web server aborts the request or the connection is lost.
     pub abort: AbortSignal,
+}
+
+impl Request {
+    /// The request's id, as logs and error pages show it (unique across processes).
+    pub fn request_id(&self) -> crate::observe::RequestId {
+        crate::observe::RequestId::from_seq(self.seq)
+    }
 }
 
 /// Messages on a request's body channel.

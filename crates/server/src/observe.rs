@@ -1,24 +1,99 @@
 //! Watching requests without touching the handler: an [`Observer`] in the
 //! [`ConnConfig`](crate::conn::ConnConfig) is told when each request starts and how it ended
-//! (status, bytes, duration). The access log and the metrics are observers.
+//! (status, bytes, duration). The access log and the metrics are observers. Also the one
+//! format of a request's id ([`RequestId`]), shared by logs, error pages and the access log.
 
-use std::sync::Arc;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use pyfcgi_proto::Params;
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(1);
 
-/// A process-unique request number, for logs and error pages (FastCGI ids repeat).
+/// This process's next request number (from 1). FastCGI ids repeat on every connection, so
+/// requests are numbered here; [`RequestId`] is how the number is shown.
 pub fn next_request_seq() -> u64 {
     REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A request's id as the error log, the 500/504 pages and the access log show it:
+/// `{process}-{seq}`, e.g. `k3f9a2qz-17`.
+///
+/// `seq` counts this process's requests from 1. The process part tells apart the processes
+/// that write one log: the workers of `pyfcgi serve --workers N`, several IIS instances, the
+/// same app before and after a restart. It is 8 characters of lowercase Crockford base32
+/// (40 bits, no `i`, `l`, `o`, `u`), mixed from the pid and the time the process first
+/// shows an id, so the id on a 500 page names one request in the whole log.
+///
+/// ```
+/// use pyfcgi_server::observe::RequestId;
+///
+/// let id = RequestId::from_seq(17).to_string();
+/// let (process, seq) = id.split_once('-').unwrap();
+/// assert_eq!((process.len(), seq), (8, "17"));
+/// assert_eq!(RequestId::from_seq(18).to_string(), format!("{process}-18"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    /// The id of this process's request number `seq` (from [`next_request_seq`]).
+    pub fn from_seq(seq: u64) -> Self {
+        Self(seq)
+    }
+
+    /// The request number within this process.
+    pub fn seq(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", process_tag(), self.0)
+    }
+}
+
+/// The process part of every [`RequestId`] of this process, fixed on first use.
+fn process_tag() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        process_tag_of(std::process::id(), nanos)
+    })
+}
+
+/// Lowercase Crockford base32: no `i`, `l`, `o`, `u` to misread when an id is copied by hand.
+const TAG_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+const TAG_LEN: usize = 8;
+
+/// The tag of process `pid` started at `nanos` (since the Unix epoch). The mix is a
+/// bijection of 64 bits, so one start time never gives two pids the same 64 bits, and
+/// neighbouring pids or times look nothing alike; 40 of the bits are shown.
+fn process_tag_of(pid: u32, nanos: u64) -> String {
+    let h = splitmix64(splitmix64(nanos) ^ u64::from(pid));
+    (0..TAG_LEN)
+        .map(|i| char::from(TAG_ALPHABET[(h >> (59 - 5 * i)) as usize & 31]))
+        .collect()
+}
+
+/// SplitMix64's finalizer (Steele, Lea, Flood 2014): xor-shifts and odd multiplications,
+/// each invertible, so distinct inputs give distinct outputs.
+fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// How one request ended.
 #[derive(Debug, Clone)]
 pub struct Finished {
-    /// The request id ([`crate::Request::seq`]).
+    /// This process's request number ([`crate::Request::seq`]); shown as
+    /// [`Finished::request_id`].
     pub seq: u64,
     /// `REQUEST_METHOD`.
     pub method: String,
@@ -35,6 +110,13 @@ pub struct Finished {
     pub duration: Duration,
     /// The FastCGI application status: 0 when the response was completed normally.
     pub app_status: u32,
+}
+
+impl Finished {
+    /// The request's id, as logs and error pages show it.
+    pub fn request_id(&self) -> RequestId {
+        RequestId::from_seq(self.seq)
+    }
 }
 
 /// Told about every request.
@@ -145,7 +227,42 @@ fn head_status(buf: &[u8]) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
-    use super::head_status;
+    use std::collections::HashSet;
+
+    use super::{RequestId, TAG_ALPHABET, TAG_LEN, head_status, process_tag, process_tag_of};
+
+    #[test]
+    fn the_process_tag_format_is_stable() {
+        // Logs kept from earlier versions stay comparable: the same inputs, the same tag.
+        assert_eq!(process_tag_of(4242, 1_764_806_400_123_456_789), "0rx6ccxn");
+        assert_eq!(process_tag_of(1, 0), "at91c78g");
+        let tag = process_tag();
+        assert_eq!(tag.len(), TAG_LEN);
+        assert!(tag.bytes().all(|b| TAG_ALPHABET.contains(&b)), "{tag}");
+    }
+
+    #[test]
+    fn process_tags_differ_between_pids_and_between_start_times() {
+        let t = 1_764_806_400_000_000_000;
+        // Workers started together (neighbouring pids, one start time)...
+        let workers: HashSet<_> = (1000..3000).map(|pid| process_tag_of(pid, t)).collect();
+        assert_eq!(workers.len(), 2000);
+        // ...and restarts of one pid a nanosecond, a millisecond, a second apart.
+        let restarts: HashSet<_> = [0, 1, 1_000_000, 1_000_000_000]
+            .iter()
+            .map(|d| process_tag_of(4242, t + d))
+            .collect();
+        assert_eq!(restarts.len(), 4);
+        assert!(restarts.is_disjoint(&workers));
+    }
+
+    #[test]
+    fn a_request_id_is_the_process_tag_and_the_number() {
+        let id = RequestId::from_seq(17);
+        assert_eq!(id.seq(), 17);
+        assert_eq!(id.to_string(), format!("{}-17", process_tag()));
+        assert_eq!(id.to_string(), RequestId::from_seq(17).to_string());
+    }
 
     #[test]
     fn the_status_comes_from_the_cgi_head() {

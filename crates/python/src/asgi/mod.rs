@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pyfcgi_proto::Params;
+use pyfcgi_server::observe::RequestId;
 use pyfcgi_server::{BodyReceiver, Request, ResponseWriter};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -647,7 +648,7 @@ impl AsgiHandler {
             }
             return;
         }
-        let request_seq = request.seq;
+        let id = request.request_id();
         let Request {
             params,
             mut body,
@@ -659,7 +660,7 @@ impl AsgiHandler {
         let (tx, rx) = unbounded_channel();
         let mut state = Drive {
             shared: &self.shared,
-            seq: request_seq,
+            id,
             link: Arc::new(Link::default()),
             head_only,
             response: Some(response),
@@ -688,7 +689,7 @@ impl AsgiHandler {
 struct Drive<'a> {
     shared: &'a Shared,
     /// The request id, for the log and the 500 page.
-    seq: u64,
+    id: RequestId,
     link: Arc<Link>,
     head_only: bool,
     response: Option<ResponseWriter>,
@@ -789,7 +790,7 @@ impl Drive<'_> {
                     } else {
                         late = 2;
                         if let Some(stuck) = &self.shared.cfg.stuck {
-                            error!(request = self.seq, "an ASGI request is still running at twice --request-timeout: the event loop is stuck; this process stops, to be replaced");
+                            error!(request = %self.id, "an ASGI request is still running at twice --request-timeout: the event loop is stuck; this process stops, to be replaced");
                             stuck.cancel();
                         }
                     }
@@ -807,7 +808,7 @@ impl Drive<'_> {
                 let page = format!(
                     "The application did not answer within {} s (request id {}).\n",
                     limit.as_secs_f64(),
-                    self.seq
+                    self.id
                 );
                 let response = format!(
                     "Status: 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{page}",
@@ -830,13 +831,13 @@ impl Drive<'_> {
             .shared
             .loop_ident
             .load(std::sync::atomic::Ordering::Relaxed);
-        let seq = self.seq;
+        let id = self.id;
         let secs = limit.as_secs_f64();
         // Reading the stack takes the GIL: on a thread of its own, never an I/O thread.
         std::thread::spawn(move || {
             let stack = crate::watchdog::python_stack(ident);
             error!(
-                request = seq,
+                request = %id,
                 "ASGI request over --request-timeout ({secs} s): {answered}; the event loop thread's Python stack:\n{stack}"
             );
         });
@@ -949,7 +950,7 @@ impl Drive<'_> {
 
     async fn finish(&mut self, started: bool, error: Option<&str>) {
         if let Some(e) = error {
-            error!(request = self.seq, "ASGI application error: {e}");
+            error!(request = %self.id, "ASGI application error: {e}");
         }
         if let Some(mut r) = self.response.take() {
             match self.held_head.take() {
@@ -960,7 +961,7 @@ impl Drive<'_> {
                     let page = crate::wsgi::response::error_page(
                         "500 Internal Server Error",
                         "Internal Server Error",
-                        self.seq,
+                        self.id,
                         detail,
                     );
                     if r.write(page).await.is_ok() {

@@ -9,6 +9,7 @@ pub(crate) mod environ;
 pub mod input;
 pub mod response;
 
+use pyfcgi_server::observe::RequestId;
 use pyfcgi_server::{Request, ResponseWriter};
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyTypeError};
 use pyo3::prelude::*;
@@ -82,7 +83,7 @@ pub fn run_request(
     response: ResponseWriter,
     cfg: &WsgiConfig,
 ) {
-    let seq = request.seq;
+    let id = request.request_id();
     let Request {
         params,
         body,
@@ -97,22 +98,22 @@ pub fn run_request(
         .is_some_and(|m| m.eq_ignore_ascii_case(b"HEAD"));
     let start = match Py::new(
         py,
-        StartResponse::new(response, seq, head_request).watch_abort(abort),
+        StartResponse::new(response, id, head_request).watch_abort(abort),
     ) {
         Ok(s) => s,
         Err(e) => {
             error!(
-                request = seq,
+                request = %id,
                 "cannot create start_response: {}",
                 format_exception(py, &e)
             );
             return;
         }
     };
-    crate::log_stream::CURRENT_REQUEST.with(|c| c.set(seq));
-    let outcome = call_app(py, app, &params, body, content_length, &start, cfg, seq);
-    finish(py, start.get(), outcome, cfg, seq, &params);
-    crate::log_stream::CURRENT_REQUEST.with(|c| c.set(0));
+    crate::log_stream::CURRENT_REQUEST.with(|c| c.set(Some(id)));
+    let outcome = call_app(py, app, &params, body, content_length, &start, cfg, id);
+    finish(py, start.get(), outcome, cfg, id, &params);
+    crate::log_stream::CURRENT_REQUEST.with(|c| c.set(None));
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -124,7 +125,7 @@ fn call_app(
     content_length: Option<u64>,
     start: &Py<StartResponse>,
     cfg: &WsgiConfig,
-    seq: u64,
+    id: RequestId,
 ) -> Result<(), PyErr> {
     let environ = environ::build(py, params, cfg)?;
     environ.set_item(
@@ -134,7 +135,7 @@ fn call_app(
             InputStream::new(body, content_length, cfg.max_body_size),
         )?,
     )?;
-    environ.set_item("wsgi.errors", Py::new(py, LogStream::for_request(seq))?)?;
+    environ.set_item("wsgi.errors", Py::new(py, LogStream::for_request(id))?)?;
     let result = app.bind(py).call1((environ, start.bind(py)))?;
     let sent = send_result(py, &result, start.get());
     // PEP 3333: close() is called however the iteration ended.
@@ -242,7 +243,7 @@ fn finish(
     start: &StartResponse,
     outcome: PyResult<()>,
     cfg: &WsgiConfig,
-    seq: u64,
+    id: RequestId,
     params: &pyfcgi_proto::Params,
 ) {
     let method = params.get_str("REQUEST_METHOD").unwrap_or("-");
@@ -270,12 +271,12 @@ fn finish(
         if closed {
             // The write that found the connection gone consumed the writer.
             info!(
-                request = seq,
+                request = %id,
                 method, path, "client went away before the response was complete"
             );
         } else {
             error!(
-                request = seq,
+                request = %id,
                 "response writer missing at the end of the request"
             );
         }
@@ -286,7 +287,7 @@ fn finish(
             // HEAD, 204 and 304 responses carry no body (shortfall() is None for them).
             if let Some((promised, sent)) = start.shortfall() {
                 warn!(
-                    request = seq,
+                    request = %id,
                     method,
                     path,
                     promised,
@@ -298,7 +299,7 @@ fn finish(
         }
         Some(_) if closed => {
             info!(
-                request = seq,
+                request = %id,
                 method, path, "client went away before the response was complete"
             );
             1
@@ -310,14 +311,14 @@ fn finish(
             };
             if exit {
                 error!(
-                    request = seq,
+                    request = %id,
                     method,
                     path,
                     "the application raised SystemExit/KeyboardInterrupt; shutting down gracefully:\n{tb}"
                 );
                 cfg.shutdown.cancel();
             } else {
-                error!(request = seq, method, path, "application error:\n{tb}");
+                error!(request = %id, method, path, "application error:\n{tb}");
             }
             let mut writer = writer;
             if cfg.stderr_errors {
@@ -330,21 +331,21 @@ fn finish(
             }
             if headers_sent {
                 warn!(
-                    request = seq,
+                    request = %id,
                     "the response had already started; ending it early with a non-zero application status"
                 );
-                return end_with(py, writer, None, 1, seq);
+                return end_with(py, writer, None, 1, id);
             }
             let page = error_page(
                 "500 Internal Server Error",
                 "Internal Server Error: the application raised an exception. The server log has the details.",
-                seq,
+                id,
                 cfg.detailed_errors.then_some(tb),
             );
-            return end_with(py, writer, Some(page), 0, seq);
+            return end_with(py, writer, Some(page), 0, id);
         }
     };
-    end_with(py, writer, None, app_status, seq);
+    end_with(py, writer, None, app_status, id);
 }
 
 fn end_with(
@@ -352,14 +353,14 @@ fn end_with(
     mut writer: ResponseWriter,
     page: Option<bytes::Bytes>,
     app_status: u32,
-    seq: u64,
+    id: RequestId,
 ) {
     let mut page = page;
     // Fast path without releasing the GIL: everything fits in the queue.
     if let Some(p) = page.take() {
         let Ok(rest) = writer.try_write(p) else {
             debug!(
-                request = seq,
+                request = %id,
                 "connection closed before the end of the response"
             );
             return;
@@ -371,7 +372,7 @@ fn end_with(
             Ok(Ok(())) => return,
             Ok(Err(_)) => {
                 debug!(
-                    request = seq,
+                    request = %id,
                     "connection closed before the end of the response"
                 );
                 return;
@@ -387,7 +388,7 @@ fn end_with(
     });
     if done.is_err() {
         debug!(
-            request = seq,
+            request = %id,
             "connection closed before the end of the response"
         );
     }

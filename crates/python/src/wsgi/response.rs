@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 use pyfcgi_proto::head;
+use pyfcgi_server::observe::RequestId;
 use pyfcgi_server::{AbortSignal, ResponseWriter};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -26,7 +27,7 @@ pub(crate) struct ResponseState {
     content_length: Option<u64>,
     pub(crate) body_sent: u64,
     overflow_logged: bool,
-    pub(crate) request: u64,
+    pub(crate) request: RequestId,
     /// The connection is gone; further writes fail fast.
     pub(crate) closed: bool,
     /// Fires on FCGI_ABORT_REQUEST: the next write fails like a closed connection.
@@ -52,7 +53,7 @@ pub struct StartResponse {
 }
 
 impl StartResponse {
-    pub(crate) fn new(writer: ResponseWriter, request: u64, head_request: bool) -> Self {
+    pub(crate) fn new(writer: ResponseWriter, request: RequestId, head_request: bool) -> Self {
         Self {
             state: Mutex::new(ResponseState {
                 writer: Some(writer),
@@ -139,7 +140,7 @@ impl StartResponse {
             };
             if allowed < data.len() && !st.overflow_logged {
                 st.overflow_logged = true;
-                warn!(request = st.request, content_length = ?st.content_length,
+                warn!(request = %st.request, content_length = ?st.content_length,
                     "the application sent more bytes than its Content-Length header; the excess is dropped");
             }
             if allowed == 0 && st.headers_sent {
@@ -379,8 +380,14 @@ impl FileWrapper {
     }
 }
 
-/// The generic error page (`detail` only with `--detailed-errors`).
-pub(crate) fn error_page(status: &str, message: &str, request: u64, detail: Option<&str>) -> Bytes {
+/// The generic error page (`detail` only with `--detailed-errors`), with the request id that
+/// the log lines and the access log line of the request carry too.
+pub(crate) fn error_page(
+    status: &str,
+    message: &str,
+    request: RequestId,
+    detail: Option<&str>,
+) -> Bytes {
     let mut body = format!("{message}\n\nRequest id: {request}\n");
     if let Some(d) = detail {
         let _ = write!(body, "\n{d}");
@@ -419,12 +426,12 @@ mod tests {
         let p = error_page(
             "500 Internal Server Error",
             "Internal Server Error",
-            42,
+            RequestId::from_seq(42),
             None,
         );
         let s = String::from_utf8(p.to_vec()).unwrap();
         assert!(s.starts_with("Status: 500 Internal Server Error\r\n"));
-        assert!(s.contains("Request id: 42"));
+        assert!(s.contains(&format!("Request id: {}\n", RequestId::from_seq(42))));
         let body = s.split("\r\n\r\n").nth(1).unwrap();
         assert!(s.contains(&format!("Content-Length: {}\r\n", body.len())));
     }
