@@ -145,14 +145,17 @@ def main():
             "location": (b'<configuration><location path="static"><system.webServer><handlers>'
                          b'<remove name="pyfcgi"/></handlers></system.webServer></location></configuration>'),
         },
-        # byte 0 picks the parser: 0 values, 1/2 pyfcgi.toml, 3 flag lookup.
+        # args (name=value lines) NUL env (NAME=VALUE lines) NUL pyfcgi.toml NUL web.config.
         "settings": {
-            "size": b"\x00512k",
-            "size_big": b"\x0017179869183g",
-            "mode": b"\x000o660",
-            "toml_example": b"\x01" + read("configs/pyfcgi.toml"),
-            "toml_lists": b"\x01pythonpath = [\"/a\", \"/b\"]\nthreads = 4\ndetailed_errors = true\n[table]\nx = 1\n",
-            "flags": b"\x03app-root\n--threads\n4\n--app-root=/srv/app\n--\n--app-root\n/x",
+            "flags": b"threads=4\nbind=127.0.0.1:9000\nrequest-timeout=inf\napp=x:app\0\0\0",
+            "env": b"\0PYFCGI_THREAD=4\nPYFCGI_MAX_BODY_SIZE=10m\nFCGI_WEB_SERVER_ADDRS=127.0.0.1\0\0",
+            "toml_example": b"\0\0" + read("configs/pyfcgi.toml") + b"\0",
+            "toml_lists": b"\0\0pythonpath = [\"/a\", \"/b\"]\nthreads = 4\ndetailed_errors = true\nworker = 2\n[table]\nx = 1\n\0",
+            "webconfig": b"\0SITE=/srv\0\0" + read("configs/iis/flask/web.config"),
+            "webconfig_bad": (b"workers=auto\0\0threads = 2\0<configuration><appSettings>"
+                              b'<add key="PYFCGI_THREADS" value="four"/><add key="WSGI_HANDLER" value="a.app"/>'
+                              b'<add key="PYFCGI_APP" value="b:app"/><add key="PYTHONPATH" value="%SITE%\\lib;x"/>'
+                              b'<add key="PYFCGI_REQUEST_TIMEOUT" value="NaN"/></appSettings></configuration>'),
         },
     }
     out_root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds")

@@ -111,6 +111,9 @@ struct Site {
     fastcgi: Option<SiteFastCgi>,
     /// pyfcgi's handler, parsed back into a registration.
     registered: Option<Registration>,
+    /// The settings exactly as `serve` resolves them for this folder (the first-request
+    /// setup under IIS), with doctor's own --app/--venv on top.
+    resolved: Option<pyfcgi_settings::Resolution>,
 }
 
 /// Runs the checks and prints them. Exit 0 when none failed.
@@ -177,6 +180,7 @@ fn run(args: &DoctorArgs) -> Vec<Finding> {
         settings: webconfig::AppSettings::default(),
         fastcgi: None,
         registered: None,
+        resolved: None,
     };
     out.push(check_web_config(&mut site));
     if site.fastcgi.as_ref().is_some_and(|f| f.has_fastcgi_section) {
@@ -189,11 +193,14 @@ fn run(args: &DoctorArgs) -> Vec<Finding> {
             .fix("remove it; `pyfcgi iis enable` registers the FastCGI application in applicationHost.config"),
         );
     }
-    let app = resolve_app(args, &site);
-    out.push(check_app(app.as_ref(), &site));
     out.push(check_handler(args, &mut site));
+    let res = resolve_settings(args, &site);
+    out.extend(check_settings(&res));
+    site.resolved = Some(res);
+    let app = resolve_app(&site);
+    out.push(check_app(app.as_ref(), &site));
     out.push(check_registration(args, &site));
-    let venv = resolve_venv(args, &site);
+    let venv = resolve_venv(&site);
     out.extend(check_profile_paths(
         &site,
         venv.as_ref().map(|v| v.0.as_path()),
@@ -334,42 +341,100 @@ fn is_pyfcgi_key(key: &str) -> bool {
         || matches!(upper.as_str(), "PYTHONPATH" | "SCRIPT_NAME")
 }
 
-fn resolve_app(args: &DoctorArgs, site: &Site) -> Option<(String, &'static str)> {
-    if let Some(a) = &args.app {
-        return Some((a.clone(), "--app"));
-    }
-    let from_handler = site
-        .fastcgi
-        .as_ref()
-        .and_then(SiteFastCgi::pyfcgi_handler)
-        .and_then(|h| Registration::from_script_processor(&h.script_processor))
-        .and_then(|r| r.app);
-    if let Some(a) = from_handler {
-        return Some((a, "the pyfcgi handler's --app"));
-    }
-    for key in ["PYFCGI_APP", "WSGI_HANDLER"] {
-        if let Some(v) = site.settings.get(key).filter(|v| !v.trim().is_empty()) {
-            return Some((
-                v.to_owned(),
-                if key == "PYFCGI_APP" {
-                    "PYFCGI_APP"
-                } else {
-                    "WSGI_HANDLER"
-                },
-            ));
+/// The settings `serve` would run with for this folder: the command line pyfcgi's handler
+/// gives it (its --app and --venv) and doctor's own --app/--venv, then the environment,
+/// web.config and pyfcgi.toml, through the same resolver.
+fn resolve_settings(args: &DoctorArgs, site: &Site) -> pyfcgi_settings::Resolution {
+    let mut flags = Vec::new();
+    let mut push = |name: &str, value: String, flag: &str| {
+        flags.push(pyfcgi_settings::Arg {
+            name: name.to_owned(),
+            value,
+            flag: flag.to_owned(),
+        });
+    };
+    if let Some(r) = &site.registered {
+        if let Some(a) = &r.app {
+            push("app", a.clone(), "the pyfcgi handler's --app");
+        }
+        if let Some(v) = &r.venv {
+            push(
+                "venv",
+                v.display().to_string(),
+                "the pyfcgi handler's --venv",
+            );
         }
     }
-    None
+    if let Some(a) = &args.app {
+        push("app", a.clone(), "--app");
+    }
+    if let Some(v) = &args.venv {
+        push("venv", v.display().to_string(), "--venv");
+    }
+    if let Some(l) = &args.log_file {
+        push("log-file", l.display().to_string(), "--log-file");
+    }
+    crate::startup::resolve(&crate::startup::inputs(flags, Some(site.root.clone())))
 }
 
-fn check_app(app: Option<&(String, &'static str)>, site: &Site) -> Finding {
+/// Every effective setting with its origin; a FAIL for each invalid value and a WARN for
+/// each unknown key.
+fn check_settings(res: &pyfcgi_settings::Resolution) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let set: Vec<&pyfcgi_settings::Effective> = res
+        .effective
+        .iter()
+        .filter(|e| e.origin != pyfcgi_settings::Origin::Default)
+        .collect();
+    let mut f = Finding::new(
+        if res.errors.is_empty() {
+            Status::Pass
+        } else {
+            Status::Fail
+        },
+        format!(
+            "settings: {} set, {} invalid, {} unknown (as `serve` resolves them: command line, PYFCGI_* variables, web.config, pyfcgi.toml)",
+            set.len(),
+            res.errors.len(),
+            res.unknown.len()
+        ),
+    );
+    let width = set.iter().map(|e| e.key.len()).max().unwrap_or(0);
+    for e in set {
+        f = f.detail(format!("{:<width$} = {}   [{}]", e.key, e.value, e.origin));
+    }
+    out.push(f);
+    for e in &res.errors {
+        out.push(
+            Finding::new(Status::Fail, format!("setting: {e}"))
+                .fix("correct the value there; until then pyfcgi answers every request with a 500 page naming the problem and logs this line"),
+        );
+    }
+    for u in &res.unknown {
+        let mut w = Finding::new(Status::Warn, format!("setting: {u}"));
+        if let Some(s) = &u.suggestion {
+            w = w.fix(format!("rename it to {s}"));
+        }
+        out.push(w);
+    }
+    out
+}
+
+fn resolve_app(site: &Site) -> Option<(String, String)> {
+    let res = site.resolved.as_ref()?;
+    let app = res.settings.app.clone()?;
+    let origin = res
+        .origin("app")
+        .map_or_else(|| "settings".to_owned(), ToString::to_string);
+    Some((app, origin))
+}
+
+fn check_app(app: Option<&(String, String)>, site: &Site) -> Finding {
     match app {
         Some((a, from)) => {
             let mut f = Finding::new(Status::Pass, format!("application: {a} (from {from})"));
             if let Some(h) = site.settings.get("WSGI_HANDLER").filter(|h| h != a) {
-                f = f.detail(format!(
-                    "WSGI_HANDLER in appSettings says {h}; the FastCGI arguments win"
-                ));
+                f = f.detail(format!("WSGI_HANDLER in appSettings says {h}; {from} wins"));
             }
             f
         }
@@ -693,26 +758,28 @@ fn store_python_fail(mut f: Finding, version: &str) -> Finding {
     ))
 }
 
-fn resolve_venv(args: &DoctorArgs, site: &Site) -> Option<(PathBuf, &'static str)> {
-    if let Some(v) = &args.venv {
-        return Some((v.clone(), "--venv"));
-    }
-    if let Some(v) = site.registered.as_ref().and_then(|r| r.venv.clone()) {
-        return Some((v, "the pyfcgi handler's --venv"));
-    }
-    if let Some(v) = site.settings.get("PYFCGI_VENV") {
-        return Some((PathBuf::from(v), "PYFCGI_VENV"));
+fn resolve_venv(site: &Site) -> Option<(PathBuf, String)> {
+    if let Some(res) = &site.resolved
+        && let Some(v) = &res.settings.python.venv
+    {
+        let origin = res
+            .origin("venv")
+            .map_or_else(|| "settings".to_owned(), ToString::to_string);
+        return Some((v.clone(), origin));
     }
     // As `serve` finds one (VIRTUAL_ENV left out: IIS does not set it).
     for dir in site.root.ancestors() {
         if dir.join("pyvenv.cfg").is_file() {
-            return Some((dir.to_owned(), "a pyvenv.cfg at or above the app folder"));
+            return Some((
+                dir.to_owned(),
+                "a pyvenv.cfg at or above the app folder".to_owned(),
+            ));
         }
         for name in [".venv", "venv"] {
             if dir.join(name).join("pyvenv.cfg").is_file() {
                 return Some((
                     dir.join(name),
-                    "a .venv/venv folder at or above the app folder",
+                    "a .venv/venv folder at or above the app folder".to_owned(),
                 ));
             }
         }
@@ -730,7 +797,7 @@ fn read_pyvenv_cfg(path: &Path) -> std::io::Result<BTreeMap<String, String>> {
         .collect())
 }
 
-fn check_venv(venv: Option<&(PathBuf, &'static str)>, python: &EmbeddedPython) -> Finding {
+fn check_venv(venv: Option<&(PathBuf, String)>, python: &EmbeddedPython) -> Finding {
     let Some((venv, from)) = venv else {
         let mut f = Finding::new(
             Status::Pass,
@@ -871,20 +938,15 @@ fn check_pythonpath(site: &Site) -> Option<Finding> {
 }
 
 fn check_log(args: &DoctorArgs, site: &Site) -> Finding {
-    let from_settings = || {
-        ["PYFCGI_LOG_FILE", "WSGI_LOG"].into_iter().find_map(|k| {
-            site.settings
-                .get(k)
-                .filter(|v| !v.is_empty())
-                .map(|v| (PathBuf::from(v), k))
-        })
-    };
-    let Some((log, from)) = args
-        .log_file
-        .clone()
-        .map(|p| (p, "--log-file"))
-        .or_else(from_settings)
-    else {
+    let _ = args;
+    let from_settings = site.resolved.as_ref().and_then(|res| {
+        let log = res.settings.log_file.clone()?;
+        let from = res
+            .origin("log-file")
+            .map_or_else(|| "settings".to_owned(), |o| o.key().to_owned());
+        Some((log, from))
+    });
+    let Some((log, from)) = from_settings else {
         return Finding::new(
             Status::Warn,
             "log: no WSGI_LOG appSetting; under IIS pyfcgi's log (and the app's tracebacks) go nowhere",
@@ -968,8 +1030,8 @@ fn check_offline(site: &Site) -> Finding {
 
 #[cfg(not(feature = "python"))]
 fn check_import(
-    _app: Option<&(String, &'static str)>,
-    _venv: Option<&(PathBuf, &'static str)>,
+    _app: Option<&(String, String)>,
+    _venv: Option<&(PathBuf, String)>,
     _site: &Site,
 ) -> Finding {
     Finding::new(
@@ -980,32 +1042,22 @@ fn check_import(
 
 #[cfg(feature = "python")]
 fn check_import(
-    app: Option<&(String, &'static str)>,
-    venv: Option<&(PathBuf, &'static str)>,
+    app: Option<&(String, String)>,
+    venv: Option<&(PathBuf, String)>,
     site: &Site,
 ) -> Finding {
     let Some((spec, _)) = app else {
         return Finding::new(Status::Skip, "import: no application to import");
     };
-    // What `serve --app-root` does: PYTHONPATH from appSettings, the app folder as working
-    // directory, the other appSettings in os.environ.
-    let args = crate::serve::PythonArgs {
-        venv: venv.map(|v| v.0.clone()),
-        pythonpath: site
-            .settings
-            .pythonpath(&webconfig::process_env)
-            .into_iter()
-            .map(PathBuf::from)
-            .collect(),
-        chdir: Some(site.root.clone()),
-        python_home: site.settings.get("PYFCGI_PYTHON_HOME").map(PathBuf::from),
+    let Some(res) = &site.resolved else {
+        return Finding::new(Status::Skip, "import: the settings could not be resolved");
     };
-    let env: Vec<(String, String)> = site
-        .settings
-        .environment()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    match crate::python::resolve(spec, &args, &env) {
+    // Exactly what `serve` does: the same settings, the app folder as working directory.
+    let mut python = crate::startup::python_settings(&res.settings);
+    if python.venv.is_none() {
+        python.venv = venv.map(|v| v.0.clone());
+    }
+    match crate::python::resolve(spec, &python, &res.settings.app_env) {
         Ok((pyfcgi_python::AppState::Loaded(_), report)) => {
             let mut lines = report.lines();
             // A file named like a standard library module loads today and breaks later.

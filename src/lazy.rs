@@ -1,35 +1,34 @@
 //! Serving an app that is only known from the first request (under IIS, a handler mapping
 //! whose `scriptProcessor` is `pyfcgi.exe` with no `--app-root`): that request's
 //! `APPL_PHYSICAL_PATH` names the folder. The process then sets itself up exactly as with
-//! `--app-root FOLDER`: the folder's web.config and pyfcgi.toml are read (`WSGI_LOG`,
-//! `WSGI_RESTART_FILE_REGEX`, `PYFCGI_*`, the venv, ...), the log file opened, Python found
-//! and the app imported. It is then served as WSGI (the worker pool) or ASGI (the event
-//! loop), as `--interface` decides, for every later request.
+//! `--app-root FOLDER`, through the same resolver and startup path (startup.rs): the
+//! folder's web.config and pyfcgi.toml are read, the log file opened (or the fallback beside
+//! web.config), Python found and the app imported. Whatever fails is logged there (and to
+//! the Windows event log), and every request gets a 500 page naming the kind of problem.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use pyfcgi_python::asgi::{AsgiHandler, AsgiHost};
-use pyfcgi_python::{Admission, AppBinding, AppState, PythonHandler, WorkerPool, WsgiConfig};
+use pyfcgi_python::{Admission, AppBinding, PythonHandler, WorkerPool};
 use pyfcgi_server::{Handler, Request, ResponseWriter};
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use pyfcgi_settings::Inputs;
+use tracing::error;
 
-use crate::lifecycle::{DEFAULT_RESTART_REGEX, MaxRequests, WatcherSlot};
-use crate::serve::ServeArgs;
+use crate::lifecycle::MaxRequests;
+use crate::startup::{self, Ctx, Failure, Started};
 
 /// What the first request's setup needs from the process.
 pub struct Plan {
-    pub shutdown: CancellationToken,
-    pub watchers: WatcherSlot,
+    pub ctx: Ctx,
+    /// The process's own settings inputs (command line, environment): the folder's files
+    /// are added to them.
+    pub inputs: Inputs,
     /// A log file was opened at startup (`--log-file`): keep it.
     pub has_log_file: bool,
-    /// stdin is IIS's connected stream (one request at a time: one worker thread).
-    pub connected: bool,
 }
 
 enum Served {
@@ -37,8 +36,8 @@ enum Served {
     Asgi(MaxRequests<AsgiHandler>),
     /// Python could not be found: the page says what to fix; the process then exits 4.
     NoPython(String),
-    /// The setup failed before the app could be imported: every request gets a 500.
-    Failed,
+    /// The setup failed before the app could be imported: every request gets this page.
+    Failed(Bytes),
 }
 
 /// What must be stopped once the server has drained.
@@ -82,17 +81,22 @@ pub struct LazyApp {
     plan: Mutex<Option<Plan>>,
     served: tokio::sync::OnceCell<Served>,
     outcome: Arc<Outcome>,
-    shutdown: CancellationToken,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
-const SETUP_FAILED: &[u8] = b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nInternal Server Error: the application failed to load. The server log has the details.\n";
+fn page_bytes(page: &str) -> Bytes {
+    Bytes::from(format!(
+        "Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{page}",
+        page.len()
+    ))
+}
 
 impl LazyApp {
     pub fn new(max_body_size: u64, plan: Plan) -> (Self, Finisher) {
         let outcome = Arc::new(Outcome::default());
         let app = Self {
             admission: Admission::new(AppBinding::default(), max_body_size),
-            shutdown: plan.shutdown.clone(),
+            shutdown: plan.ctx.shutdown.clone(),
             plan: Mutex::new(Some(plan)),
             served: tokio::sync::OnceCell::new(),
             outcome: Arc::clone(&outcome),
@@ -110,12 +114,17 @@ impl LazyApp {
                     .take();
                 let root = root.to_owned();
                 let started = tokio::task::spawn_blocking(move || match plan {
-                    Some(plan) => set_up(&plan, &root),
-                    None => Err(anyhow::anyhow!("the setup was interrupted by an earlier request")),
+                    Some(plan) => set_up(plan, &root),
+                    None => (
+                        Served::Failed(page_bytes(
+                            "Internal Server Error\n\nThe application's setup was interrupted.\n",
+                        )),
+                        None,
+                    ),
                 })
                 .await;
                 match started {
-                    Ok(Ok((served, running))) => {
+                    Ok((served, running)) => {
                         *self
                             .outcome
                             .running
@@ -123,15 +132,11 @@ impl LazyApp {
                             .unwrap_or_else(PoisonError::into_inner) = running;
                         served
                     }
-                    Ok(Err(e)) => {
-                        error!(
-                            "{e:#}\nEvery request will be answered 500; fix it and restart (recycle the app pool or touch a watched file)."
-                        );
-                        Served::Failed
-                    }
                     Err(e) => {
                         error!("setting up the application failed: {e}");
-                        Served::Failed
+                        Served::Failed(page_bytes(
+                            &Failure::Other(anyhow::anyhow!("{e}")).page(startup::LogPlace::Stderr),
+                        ))
                     }
                 }
             })
@@ -140,126 +145,62 @@ impl LazyApp {
 }
 
 /// Everything `--app-root ROOT` would have done at startup, for the first request's folder.
-fn set_up(plan: &Plan, root: &Path) -> anyhow::Result<(Served, Option<Running>)> {
-    let (args, sources) = crate::serve_args_for_root(root)
-        .with_context(|| format!("reading the settings for {}", root.display()))?;
-    if !sources.files.is_empty() {
-        info!(files = ?sources.files, overridden_by_env_or_cli = ?sources.shadowed, "settings read from config files (first request)");
-    }
-    if !plan.has_log_file
-        && let Some(path) = &args.log_file
-    {
-        let rotation = crate::logging::Rotation {
-            max_size: args.log_max_size,
-            keep: args.log_keep,
-        };
-        let path = crate::logging::attach_file(path, rotation)?;
-        info!(
-            root = %root.display(),
-            "pyfcgi {} logging to {} (from the application's settings)",
-            env!("CARGO_PKG_VERSION"),
-            path.display()
-        );
-    }
-    let spec = args.app.clone().or_else(|| args.app_option.clone()).with_context(|| {
-        format!(
-            "no application for {}: its web.config has no WSGI_HANDLER (read: {:?}); add <add key=\"WSGI_HANDLER\" value=\"package.module.app\"/>",
-            root.display(),
-            sources.files
-        )
-    })?;
-    let mut python = args.python.clone();
-    if python.chdir.is_none() {
-        python.chdir = Some(root.to_owned());
-    }
-    match crate::python_home::ensure_loaded(&python.hints(Some(&spec))) {
-        Ok(found) => info!("python: {} ({})", found.library.display(), found.source),
-        Err(nf) => {
-            let diagnosis = nf.diagnosis();
-            error!("{diagnosis}");
-            #[cfg(windows)]
-            crate::python_home::report_to_event_log(&diagnosis);
-            return Ok((Served::NoPython(nf.page()), None));
-        }
-    }
-    let app = crate::python::load(&spec, &python, &args.app_env)?;
-    let regex = match &args.restart_regex {
-        Some(r) if r.is_empty() => None,
-        Some(r) => Some(r.clone()),
-        None => Some(DEFAULT_RESTART_REGEX.to_owned()),
-    };
-    if let Some(regex) = regex {
-        plan.watchers.start(root, &regex, plan.shutdown.clone());
-    }
-    // The folder is bound already (by the outer admission check).
-    let binding = || AppBinding {
-        root: Some(root.to_owned()),
-        on_root: None,
-    };
-    let limit = args.max_requests;
-    if let Some(obj) = crate::serve::asgi_app(&app, args.interface) {
-        let cfg = pyfcgi_python::asgi::AsgiConfig {
-            stuck: Some(plan.shutdown.clone()),
-            ..crate::serve::asgi_config(&args)
-        };
-        match AsgiHost::start(obj, cfg) {
-            Ok(host) => {
-                info!(app = %spec, "serving an ASGI application (loaded on the first request)");
-                let handler = host.handler(Admission::new(binding(), args.max_body_size));
-                let handler = MaxRequests::new(handler, limit, plan.shutdown.clone());
-                return Ok((Served::Asgi(handler), Some(Running::Host(host))));
-            }
-            Err(e) => {
-                let detail = e.to_string();
-                error!(
-                    "{detail}\nEvery request will be answered 500; fix the application and restart."
+fn set_up(plan: Plan, root: &Path) -> (Served, Option<Running>) {
+    let mut inputs = plan.inputs;
+    inputs.first_request_root = Some(root.to_owned());
+    let res = startup::resolve(&inputs);
+    let log = startup::attach_logging(&res, root, plan.has_log_file);
+    startup::log_resolution(&res, " (first request)");
+    let failure = if res.errors.is_empty() {
+        match startup::start_app(&res.settings, &plan.ctx) {
+            Ok(Started::Wsgi(handler, pool)) => {
+                let h = MaxRequests::new(
+                    handler,
+                    res.settings.max_requests,
+                    plan.ctx.shutdown.clone(),
                 );
-                let cfg = wsgi_config(&args, 1, plan);
-                return serve_wsgi(1, AppState::Failed { detail }, cfg, binding(), limit, plan);
+                return (Served::Wsgi(h), Some(Running::Pool(pool)));
+            }
+            Ok(Started::Asgi(handler, host)) => {
+                let h = MaxRequests::new(
+                    handler,
+                    res.settings.max_requests,
+                    plan.ctx.shutdown.clone(),
+                );
+                return (Served::Asgi(h), Some(Running::Host(host)));
+            }
+            Err(f) => f,
+        }
+    } else {
+        Failure::settings(&res)
+    };
+    failure.report();
+    match failure {
+        Failure::NoPython(nf) => (Served::NoPython(nf.page()), None),
+        Failure::Load(detail) => {
+            error!(
+                "every request will be answered 500 until a watched file changes (web.config, the app's .py files) or IIS recycles the process"
+            );
+            match startup::failed_wsgi(&res.settings, &plan.ctx, detail) {
+                Ok(Started::Wsgi(handler, pool)) => (
+                    Served::Wsgi(MaxRequests::new(handler, 0, plan.ctx.shutdown.clone())),
+                    Some(Running::Pool(pool)),
+                ),
+                Ok(Started::Asgi(..)) | Err(_) => (
+                    Served::Failed(page_bytes(&Failure::Load(String::new()).page(log))),
+                    None,
+                ),
             }
         }
+        other => {
+            // Fixing web.config restarts the process (IIS starts a new one).
+            startup::watch_for_restart(&res.settings, &plan.ctx);
+            error!(
+                "every request is answered 500 until this is fixed (a change to web.config restarts pyfcgi)"
+            );
+            (Served::Failed(page_bytes(&other.page(log))), None)
+        }
     }
-    let threads = args
-        .threads
-        .unwrap_or(if plan.connected { 1 } else { 8 })
-        .max(1);
-    let loaded = matches!(app, AppState::Loaded(_));
-    let cfg = wsgi_config(&args, threads, plan);
-    let served = serve_wsgi(threads, app, cfg, binding(), limit, plan)?;
-    if loaded {
-        info!(app = %spec, threads, "serving a WSGI application (loaded on the first request)");
-    }
-    Ok(served)
-}
-
-fn wsgi_config(args: &ServeArgs, threads: usize, plan: &Plan) -> WsgiConfig {
-    WsgiConfig {
-        request_timeout: (args.request_timeout > 0.0)
-            .then(|| Duration::from_secs_f64(args.request_timeout)),
-        exit_when_stuck: true,
-        multithread: threads > 1,
-        multiprocess: plan.connected,
-        url_scheme: args.url_scheme.clone(),
-        script_name: args.script_name.clone(),
-        detailed_errors: args.detailed_errors,
-        stderr_errors: args.stderr_errors,
-        max_body_size: args.max_body_size,
-        shutdown: plan.shutdown.clone(),
-    }
-}
-
-fn serve_wsgi(
-    threads: usize,
-    app: AppState,
-    cfg: WsgiConfig,
-    binding: AppBinding,
-    limit: u64,
-    plan: &Plan,
-) -> anyhow::Result<(Served, Option<Running>)> {
-    let (handler, pool) = PythonHandler::start(threads, app, cfg, binding)
-        .context("cannot start the Python worker threads")?;
-    let handler = MaxRequests::new(handler, limit, plan.shutdown.clone());
-    Ok((Served::Wsgi(handler), Some(Running::Pool(pool))))
 }
 
 impl Handler for LazyApp {
@@ -280,11 +221,16 @@ impl Handler for LazyApp {
             .map(std::path::PathBuf::from)
         else {
             if self.served.get().is_none() {
-                error!(
-                    "no application to serve: give APP (or --app / --app-root), or run under IIS, which sends APPL_PHYSICAL_PATH so the app can be found through web.config's WSGI_HANDLER"
+                let failure = Failure::NoApp(
+                    "no application to serve: give APP (or --app / --app-root), or run under IIS, which sends APPL_PHYSICAL_PATH so the app can be found through web.config's WSGI_HANDLER".to_owned(),
                 );
+                failure.report();
                 drop(request);
-                answer(response, Bytes::from_static(SETUP_FAILED)).await;
+                answer(
+                    response,
+                    page_bytes(&failure.page(startup::LogPlace::Stderr)),
+                )
+                .await;
                 return;
             }
             return self.dispatch(request, response).await;
@@ -304,18 +250,14 @@ impl LazyApp {
             Served::Asgi(h) => h.handle(request, response).await,
             Served::NoPython(page) => {
                 drop(request);
-                let page = format!(
-                    "Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{page}",
-                    page.len()
-                );
-                answer(response, Bytes::from(page)).await;
+                answer(response, page_bytes(page)).await;
                 // Answer and go: IIS starts a new process for the next request.
                 self.outcome.no_python.store(true, Ordering::Release);
                 self.shutdown.cancel();
             }
-            Served::Failed => {
+            Served::Failed(page) => {
                 drop(request);
-                answer(response, Bytes::from_static(SETUP_FAILED)).await;
+                answer(response, page.clone()).await;
             }
         }
     }

@@ -1,7 +1,9 @@
 //! The `pyfcgi` binary: command line, logging, lifecycle.
 
-mod config;
+mod cli;
 mod doctor;
+mod event_log;
+mod exit;
 mod iis_cmd;
 #[cfg(feature = "python")]
 mod lazy;
@@ -15,14 +17,12 @@ mod python;
 #[cfg(feature = "python")]
 mod python_home;
 mod serve;
-mod settings;
+mod startup;
 mod status_http;
 #[cfg(unix)]
 mod supervisor;
 
 use std::process::ExitCode;
-
-use std::io::Write as _;
 
 use clap::{Parser, Subcommand};
 
@@ -37,8 +37,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a WSGI application (or a built-in handler) over FastCGI.
-    #[command(args_override_self = true)]
-    Serve(Box<serve::ServeArgs>),
+    Serve(cli::ServeFlags),
     /// Load an application exactly as `serve` would, print the diagnosis, and exit non-zero
     /// if it fails to load.
     #[cfg(feature = "python")]
@@ -57,11 +56,11 @@ enum Command {
 #[cfg(feature = "python")]
 #[derive(Debug, clap::Args)]
 struct CheckArgs {
-    /// The WSGI application, as for `serve`.
+    /// The WSGI or ASGI application, as for `serve`.
     #[arg(value_name = "APP")]
     app: String,
     #[command(flatten)]
-    python: serve::PythonArgs,
+    python: cli::PythonFlags,
 }
 
 fn main() -> ExitCode {
@@ -77,43 +76,15 @@ fn main() -> ExitCode {
         print!("{}", version_report());
         return ExitCode::SUCCESS;
     }
-    let (merged, sources) = match config::merged_args(std::env::args_os().collect()) {
-        Ok(x) => x,
-        Err(e) => {
-            // No logging yet, and under IIS stderr may be an invalid handle: never panic here.
-            let _ = writeln!(std::io::stderr(), "pyfcgi: configuration error: {e:#}");
-            return ExitCode::from(1);
-        }
-    };
-    let cli = Cli::parse_from(merged);
-    if !sources.files.is_empty() {
-        serve::note_config_sources(sources);
-    }
+    let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve::main(*args),
+        Command::Serve(flags) => serve::main(flags.0.0),
         #[cfg(feature = "python")]
-        Command::Check(args) => check_main(&args),
+        Command::Check(args) => check_main(args),
         Command::Request(args) => request_main(args),
         Command::Bench(args) => bench_main(*args),
         Command::Iis(args) => iis_cmd::main(args),
         Command::Doctor(args) => doctor::main(&args),
-    }
-}
-
-/// This process's `serve` settings as if `--app-root ROOT` had been given: the command line
-/// and environment, then ROOT's web.config and pyfcgi.toml (for an app that is only known
-/// from the first request's `APPL_PHYSICAL_PATH`).
-#[cfg(feature = "python")]
-pub(crate) fn serve_args_for_root(
-    root: &std::path::Path,
-) -> anyhow::Result<(serve::ServeArgs, config::Sources)> {
-    let mut raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    raw.push("--app-root".into());
-    raw.push(root.as_os_str().to_owned());
-    let (merged, sources) = config::merged_args(raw)?;
-    match Cli::try_parse_from(merged)?.command {
-        Command::Serve(args) => Ok((*args, sources)),
-        _ => anyhow::bail!("not a serve command line"),
     }
 }
 
@@ -172,14 +143,32 @@ fn bench_main(args: pyfcgi_client::bench::BenchArgs) -> ExitCode {
     ExitCode::from(u8::try_from(pyfcgi_client::bench::main(args)).unwrap_or(1))
 }
 
+/// `pyfcgi check APP`: the settings resolved as `serve` resolves them (flags, environment,
+/// pyfcgi.toml), then the app loaded through the same code; prints the diagnosis (the
+/// interpreter, the venv, `sys.path`).
 #[cfg(feature = "python")]
-fn check_main(args: &CheckArgs) -> ExitCode {
+fn check_main(args: CheckArgs) -> ExitCode {
     logging::init_stderr("warn");
-    if let Err(nf) = python_home::ensure_loaded(&args.python.hints(Some(&args.app))) {
+    let mut flags = args.python.0.0;
+    flags.push(pyfcgi_settings::Arg {
+        name: "app".into(),
+        value: args.app.clone(),
+        flag: "APP".into(),
+    });
+    let res = startup::resolve(&startup::inputs(flags, None));
+    for u in &res.unknown {
+        eprintln!("pyfcgi check: warning: {u}");
+    }
+    if !res.errors.is_empty() {
+        eprintln!("pyfcgi check: {}", res.error_report());
+        return ExitCode::from(exit::SETTINGS);
+    }
+    let python = startup::python_settings(&res.settings);
+    if let Err(nf) = python_home::ensure_loaded(&python::hints(&python, Some(&args.app))) {
         eprintln!("pyfcgi check: {}", nf.diagnosis());
         return ExitCode::from(python_home::EXIT_NO_PYTHON);
     }
-    match python::resolve(&args.app, &args.python, &[]) {
+    match python::resolve(&args.app, &python, &res.settings.app_env) {
         Ok((pyfcgi_python::AppState::Loaded(_), report)) => {
             println!("OK: {report}");
             ExitCode::SUCCESS

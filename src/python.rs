@@ -1,5 +1,7 @@
-//! Interpreter start-up and application loading for `serve` and `check` (at startup, or on
-//! the first request under IIS without `--app-root`: see lazy.rs).
+//! Interpreter start-up and application loading for `serve`, `check` and `doctor` (at
+//! startup, or on the first request under IIS without `--app-root`: see lazy.rs). All three
+//! load through [`resolve`] with the same [`PythonSettings`], so they report the same
+//! `sys.path`.
 
 use std::fmt::Write as _;
 
@@ -7,33 +9,34 @@ use anyhow::Context;
 use pyfcgi_python::AppState;
 use pyfcgi_python::app::AppSpec;
 use pyfcgi_python::interp::{self, InterpreterOptions};
+use pyfcgi_settings::PythonSettings;
 use pyo3::Python;
 use pyo3::types::PyAnyMethods;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use crate::serve::PythonArgs;
-
-/// Starts the interpreter, applies `args`, and imports `spec`. An import failure is not an
-/// error here: it is logged with a full diagnosis and returned as [`AppState::Failed`], so the
-/// server keeps answering (500s) instead of crash-looping under IIS.
-pub fn load(spec: &str, args: &PythonArgs, env: &[(String, String)]) -> anyhow::Result<AppState> {
-    let (state, report) = resolve(spec, args, env)?;
-    if matches!(state, AppState::Failed { .. }) {
-        log_failure(&report);
+/// Where to look for the interpreter (see `python_home`), for the app `spec` if known.
+pub fn hints(python: &PythonSettings, spec: Option<&str>) -> crate::python_home::Hints {
+    let mut app_dirs: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(d) = spec
+        .and_then(|s| AppSpec::parse(s).ok())
+        .and_then(|p| p.app_dir())
+    {
+        app_dirs.push(d);
     }
-    Ok(state)
+    app_dirs.extend(python.chdir.iter().cloned());
+    app_dirs.extend(std::env::current_dir().ok());
+    crate::python_home::Hints {
+        explicit: python.python_home.clone(),
+        venv: python.venv.clone(),
+        app_dirs,
+    }
 }
 
-fn log_failure(report: &str) {
-    error!(
-        "{report}\nEvery request will be answered 500 until the application loads; fix it and restart (under IIS: recycle the app pool or touch a watched file)."
-    );
-}
-
-/// Like [`load`], also returning the diagnosis text (for `pyfcgi check`).
+/// Starts the interpreter, applies `args`, and imports `spec`; returns the app (or why it
+/// failed: not an error here, the caller decides) and the diagnosis text.
 pub fn resolve(
     spec: &str,
-    args: &PythonArgs,
+    args: &PythonSettings,
     env: &[(String, String)],
 ) -> anyhow::Result<(AppState, String)> {
     let parsed = AppSpec::parse(spec)?;

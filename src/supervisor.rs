@@ -29,15 +29,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::serve::ServeArgs;
+use pyfcgi_settings::Settings as ServeSettings;
 
 /// Set in a worker's environment: serve as a worker (report readiness; never supervise).
 pub const WORKER_ENV: &str = "PYFCGI_SUPERVISED";
 /// The line a worker writes on its stdout once it is ready.
 const READY_LINE: &str = "\u{1e}pyfcgi-ready";
-
-/// Exit code when workers keep failing to start.
-pub const EXIT_CRASH_LOOP: u8 = 5;
 
 /// True in a process the supervisor started.
 pub fn is_worker() -> bool {
@@ -68,16 +65,16 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_args(args: &ServeArgs, workers: usize) -> Self {
+    pub fn from_settings(s: &ServeSettings, workers: usize) -> Self {
         Self {
             workers,
-            graceful_timeout: Duration::from_secs_f64(args.graceful_timeout.max(0.0)),
-            max_requests: args.max_requests,
-            max_requests_jitter: args.max_requests_jitter,
-            max_rss_mib: args.max_rss,
-            worker_lifetime: Duration::from_secs_f64(args.worker_lifetime.max(0.0)),
-            crash_limit: args.crash_limit.max(1),
-            ready_timeout: Duration::from_secs_f64(args.ready_timeout.max(1.0)),
+            graceful_timeout: s.graceful_timeout,
+            max_requests: s.max_requests,
+            max_requests_jitter: s.max_requests_jitter,
+            max_rss_mib: s.max_rss_mib,
+            worker_lifetime: s.worker_lifetime.unwrap_or_default(),
+            crash_limit: s.crash_limit,
+            ready_timeout: s.ready_timeout,
         }
     }
 }
@@ -138,10 +135,15 @@ struct Supervisor {
     status_doc: Option<Arc<Mutex<serde_json::Value>>>,
     /// The counters of workers that have exited, so the totals never go down.
     departed: crate::metrics::Totals,
+    /// Some worker has been ready since the supervisor started.
+    ever_ready: bool,
+    /// The exit code to stop with: a first worker could not load the application (the same
+    /// code `serve` without `--workers` exits with).
+    fatal: Option<u8>,
 }
 
 /// Runs the supervisor until it is stopped; returns the process exit code.
-pub fn main(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
+pub fn main(args: &ServeSettings, workers: usize) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -149,9 +151,9 @@ pub fn main(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
     rt.block_on(run(args, workers))
 }
 
-async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
+async fn run(args: &ServeSettings, workers: usize) -> anyhow::Result<u8> {
     let bind = match &args.bind {
-        Some(b) => b.parse::<pyfcgi_server::Bind>()?,
+        Some(b) => b.clone(),
         None if crate::serve::systemd_socket().is_some() => pyfcgi_server::Bind::Fd(3),
         None => match pyfcgi_server::transport::inspect_stdin() {
             Some(pyfcgi_server::transport::StdinKind::Listening) => pyfcgi_server::Bind::Fd(0),
@@ -163,10 +165,7 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
             ),
         },
     };
-    let allow = match &args.web_server_addrs {
-        Some(v) => pyfcgi_server::transport::parse_web_server_addrs(v)?,
-        None => Vec::new(),
-    };
+    let allow = args.web_server_addrs.clone();
     let listener =
         pyfcgi_server::Listener::bind(&bind, &crate::serve::unix_socket_options(args)?, allow)
             .await
@@ -176,7 +175,7 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
         .context("the transport is not a listening socket")?
         .try_clone_to_owned()
         .context("cannot duplicate the listening socket")?;
-    let settings = Settings::from_args(args, workers);
+    let settings = Settings::from_settings(args, workers);
     info!(
         pid = std::process::id(),
         workers,
@@ -218,6 +217,8 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
             .as_ref()
             .map(|_| Arc::new(Mutex::new(serde_json::Value::Null))),
         departed: crate::metrics::Totals::default(),
+        ever_ready: false,
+        fatal: None,
     };
     sup.write_status();
     if let (Some(addr), Some(doc)) = (&args.status_bind, &sup.status_doc) {
@@ -262,6 +263,9 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
                 Some(Event::Exited(id, status)) => {
                     sup.exited(id, &status);
                     sup.write_status();
+                    if sup.fatal.is_some() {
+                        sup.stop(Stopping::Graceful, &mut stop_deadline, "the application cannot be loaded");
+                    }
                 }
                 Some(Event::Stats(id, v)) => {
                     if let Some(w) = sup.workers.get_mut(&id) {
@@ -291,8 +295,10 @@ async fn run(args: &ServeArgs, workers: usize) -> anyhow::Result<u8> {
         }
         if sup.stopping != Stopping::No {
             if sup.workers.is_empty() {
-                break if sup.startup_failures >= sup.settings.crash_limit {
-                    EXIT_CRASH_LOOP
+                break if let Some(code) = sup.fatal {
+                    code
+                } else if sup.startup_failures >= sup.settings.crash_limit {
+                    crate::exit::CRASH_LOOP
                 } else {
                     0
                 };
@@ -431,6 +437,7 @@ impl Supervisor {
             return;
         };
         w.ready = true;
+        self.ever_ready = true;
         self.startup_failures = 0;
         info!(
             worker = id,
@@ -493,6 +500,22 @@ impl Supervisor {
             // --max-requests, a watched file change: a normal recycle.
             info!(worker = id, pid = w.pid, "worker {how}: starting a new one");
             self.pending_starts.push(Instant::now());
+            return;
+        }
+        let code = status.as_ref().ok().and_then(ExitStatus::code);
+        if !w.ready
+            && !self.ever_ready
+            && code.is_some_and(|c| c == i32::from(crate::exit::APP_LOAD) || c == 4)
+        {
+            // Every worker would fail the same way: say so now rather than after
+            // --crash-limit retries, with the code `serve` alone exits with.
+            error!(
+                worker = id,
+                pid = w.pid,
+                "the worker {how} before it was ready: the application cannot be loaded (see above); stopping"
+            );
+            self.fatal = code.and_then(|c| u8::try_from(c).ok());
+            self.last_failure = how;
             return;
         }
         self.last_failure.clone_from(&how);
@@ -652,12 +675,12 @@ impl Supervisor {
 
 /// `--reload`: watchers of the app's folders, reporting `.py` changes.
 fn reload_watchers(
-    args: &ServeArgs,
+    args: &ServeSettings,
     events: &mpsc::UnboundedSender<Event>,
 ) -> Vec<crate::lifecycle::RestartWatcher> {
     // --app-root, else --chdir, else the folder of an APP given as a .py path, else the
     // working directory.
-    let spec = args.app.as_deref().or(args.app_option.as_deref());
+    let spec = args.app.as_deref();
     let app_file_dir = spec
         .and_then(|s| s.split_once(':').map(|(f, _)| std::path::Path::new(f)))
         .filter(|f| f.extension().is_some_and(|e| e == "py"))

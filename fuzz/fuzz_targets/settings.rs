@@ -1,52 +1,75 @@
-//! `serve` settings parsing (src/settings.rs, compiled in as it is): the value parsers the
-//! command line and pyfcgi.toml share, `pyfcgi.toml` into flag pairs, and flag lookup in an
-//! argument list. Never panics; a parsed size prints back to the same size; every TOML key
-//! becomes a flag name without '_'; a flag found by `flag_value` is one
-//! `flag_value_present` sees.
+//! The whole settings resolver (`pyfcgi_settings::resolve_from`): command-line values, the
+//! environment, a pyfcgi.toml and a web.config, all arbitrary, into settings or errors.
+//! Never panics; every error names where its value came from; without errors, every number
+//! is inside its documented range; resolving twice gives the same answer.
+//!
+//! Input: four sections separated by NUL bytes: command-line values (`name=value` lines),
+//! environment (`NAME=VALUE` lines), pyfcgi.toml text, web.config XML.
 #![no_main]
 
-#[path = "../../src/settings.rs"]
-#[allow(dead_code)]
-mod settings;
+use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
+use pyfcgi_iis::webconfig::AppSettings;
+use pyfcgi_settings::{Arg, Inputs, Origin, SettingError, WebConfigInput, resolve_from};
+
+fn pairs(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, rest)) = data.split_first() else {
-        return;
+    let mut parts = data.splitn(4, |&b| b == 0);
+    let mut next = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let (args, env, toml, xml) = (next(), next(), next(), next());
+    let inputs = Inputs {
+        args: pairs(&args)
+            .into_iter()
+            .map(|(name, value)| Arg {
+                flag: format!("--{name}"),
+                name,
+                value,
+            })
+            .collect(),
+        env: pairs(&env),
+        cwd: None,
+        first_request_root: None,
     };
-    let text = String::from_utf8_lossy(rest);
-    match which % 4 {
-        0 => {
-            if let Ok(n) = settings::parse_size(&text) {
-                assert_eq!(settings::parse_size(&n.to_string()), Ok(n));
-            }
-            let _ = settings::parse_mode(&text).map(|m| assert!(m <= 0o7777));
-            let _ = settings::parse_workers(&text)
-                .map(|n| assert!((1..=1024).contains(&n) || text.eq_ignore_ascii_case("auto")));
-            if let Ok((k, _)) = settings::parse_env_pair(&text) {
-                assert!(!k.is_empty());
-            }
-            if let Ok(p) = settings::parse_script_name(&text) {
-                assert!(p.is_empty() || (p.starts_with('/') && !p.ends_with('/')));
-            }
+    let toml_in = (!toml.is_empty()).then(|| Ok((PathBuf::from("/t/pyfcgi.toml"), toml.clone())));
+    let web_file = Path::new("C:\\site\\web.config");
+    let web = (!xml.is_empty()).then(|| {
+        let mut s = AppSettings::default();
+        match s.apply_xml(xml.as_bytes(), web_file) {
+            Ok(()) => WebConfigInput::Read(s),
+            Err(e) => WebConfigInput::Failed(SettingError::Conflict(e.to_string())),
         }
-        1 | 2 => match settings::toml_pairs(&text) {
-            Ok(pairs) => {
-                for (k, _) in pairs {
-                    assert!(!k.contains('_'), "{k}");
-                }
-            }
-            Err(e) => {
-                let _ = e.to_string();
-            }
-        },
-        _ => {
-            let args: Vec<String> = text.split('\n').map(str::to_owned).collect();
-            let name = args.first().cloned().unwrap_or_default();
-            if settings::flag_value(&args[1..], &name).is_some() {
-                assert!(settings::flag_value_present(&args[1..], &name));
-            }
+    });
+    let r = resolve_from(&inputs, toml_in.clone(), web.clone());
+    for e in &r.errors {
+        let text = e.to_string();
+        assert!(!text.is_empty());
+        if let SettingError::Invalid { origin, .. } = e {
+            assert!(text.starts_with(&origin.to_string()), "{text}");
+            assert_ne!(*origin, Origin::Default, "a default failed to parse: {text}");
         }
     }
+    for u in &r.unknown {
+        let _ = u.to_string();
+    }
+    if r.errors.is_empty() {
+        let s = &r.settings;
+        assert!(s.threads.is_none_or(|t| (1..=1024).contains(&t)));
+        assert!(s.workers.is_none_or(|w| (1..=1024).contains(&w)));
+        assert!((1..=256).contains(&s.io_threads));
+        assert!(s.max_conns >= 1 && s.max_requests_per_conn >= 1 && s.crash_limit >= 1);
+        assert!(s.socket_mode <= 0o7777);
+        assert!(s.graceful_timeout.as_secs_f64() <= pyfcgi_settings::value::MAX_SECONDS);
+        assert!(s.request_timeout.is_none_or(|d| d.as_secs_f64() > 0.0));
+        assert!(!(s.app.is_some() && s.builtin.is_some()));
+    }
+    let again = resolve_from(&inputs, toml_in, web);
+    assert_eq!(r.errors, again.errors);
+    assert_eq!(r.effective, again.effective);
 });

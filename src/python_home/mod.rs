@@ -27,7 +27,7 @@ mod windows;
 #[cfg(unix)]
 pub use unix::{ensure_loaded, found_description};
 #[cfg(windows)]
-pub use windows::{ensure_loaded, found_description, report_to_event_log};
+pub use windows::{ensure_loaded, found_description};
 
 pub use search::{Hints, NotFound};
 

@@ -6,9 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use windows_sys::Win32::Foundation::{GetLastError, HMODULE};
-use windows_sys::Win32::System::EventLog::{
-    DeregisterEventSource, EVENTLOG_ERROR_TYPE, RegisterEventSourceW, ReportEventW,
-};
 use windows_sys::Win32::System::LibraryLoader::{
     GetModuleHandleW, GetProcAddress, LOAD_WITH_ALTERED_SEARCH_PATH, LoadLibraryExW,
 };
@@ -222,31 +219,4 @@ fn install_path(root: HKEY, tag: &str) -> Option<PathBuf> {
     let s = String::from_utf16_lossy(&buf[..n]);
     let s = s.trim_end_matches('\0').trim();
     (!s.is_empty()).then(|| PathBuf::from(s))
-}
-
-/// Writes `text` to the Application event log as source "pyfcgi" (best effort: the source
-/// may not be registered, and Windows then still logs the text with a generic header).
-pub fn report_to_event_log(text: &str) {
-    let source = wide(OsStr::new("pyfcgi"));
-    let msg = wide(OsStr::new(text));
-    // SAFETY: NUL-terminated wide strings that outlive the calls; the handle is closed.
-    unsafe {
-        let h = RegisterEventSourceW(std::ptr::null(), source.as_ptr());
-        if h.is_null() {
-            return;
-        }
-        let strings = [msg.as_ptr()];
-        ReportEventW(
-            h,
-            EVENTLOG_ERROR_TYPE,
-            0,
-            1000,
-            std::ptr::null_mut(),
-            1,
-            0,
-            strings.as_ptr(),
-            std::ptr::null(),
-        );
-        DeregisterEventSource(h);
-    }
 }

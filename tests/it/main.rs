@@ -25,6 +25,7 @@ mod nginx;
 mod python_nginx;
 mod request_ids;
 mod security;
+mod settings;
 mod starlette;
 mod supervisor;
 mod wheel;

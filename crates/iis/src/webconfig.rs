@@ -45,7 +45,9 @@ impl AppSettings {
 
     /// All entries.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(k, v, _)| (k.as_str(), v.as_str()))
+        self.entries
+            .iter()
+            .map(|(k, v, _)| (k.as_str(), v.as_str()))
     }
 
     /// All entries with the web.config file that set each (for messages naming the file).
@@ -93,7 +95,8 @@ impl AppSettings {
     }
 
     fn remove(&mut self, key: &str) {
-        self.entries.retain(|(k, _, _)| !k.eq_ignore_ascii_case(key));
+        self.entries
+            .retain(|(k, _, _)| !k.eq_ignore_ascii_case(key));
     }
 
     /// Applies one file's `<appSettings>` on top of what is there.

@@ -530,7 +530,9 @@ mod tests {
     fn names_and_variables_are_unique_and_match() {
         for (i, k) in KEYS.iter().enumerate() {
             assert!(
-                KEYS[i + 1..].iter().all(|o| o.name != k.name && o.env != k.env),
+                KEYS[i + 1..]
+                    .iter()
+                    .all(|o| o.name != k.name && o.env != k.env),
                 "{} twice",
                 k.name
             );
@@ -542,7 +544,12 @@ mod tests {
                     k.name
                 );
             }
-            assert_eq!(k.kind == Kind::Switch, k.value_name.is_empty(), "{}", k.name);
+            assert_eq!(
+                k.kind == Kind::Switch,
+                k.value_name.is_empty(),
+                "{}",
+                k.name
+            );
         }
         assert!(Key::find("max_body_size").is_some());
         assert!(Key::find_env("pyfcgi_threads").is_some());

@@ -90,7 +90,9 @@ impl SettingError {
     pub fn class(&self) -> &'static str {
         match self {
             Self::Invalid { .. } | Self::Conflict(_) => "an invalid pyfcgi setting",
-            Self::File { kind: "web.config", .. } => "an unreadable web.config",
+            Self::File {
+                kind: "web.config", ..
+            } => "an unreadable web.config",
             Self::File { .. } => "an unreadable pyfcgi.toml",
         }
     }

@@ -397,8 +397,7 @@ fn from_web_config(
                 origin,
                 alias: true,
             });
-        } else if let Some(found) = Key::find_env(&upper).filter(|k| k.env.starts_with("PYFCGI_"))
-        {
+        } else if let Some(found) = Key::find_env(&upper).filter(|k| k.env.starts_with("PYFCGI_")) {
             raws.push(Raw {
                 key: found,
                 values: vec![v.to_owned()],
@@ -444,7 +443,11 @@ struct Picker {
 
 impl Picker {
     /// The winning value, parsed; an invalid one is an error and gives the default.
-    fn get<T>(&mut self, name: &'static str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+    fn get<T>(
+        &mut self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
         if let Some(r) = self.raws.get(name).and_then(|v| v.first()) {
             let text = r.values.last().cloned().unwrap_or_default();
             match parse(&text) {
@@ -474,7 +477,11 @@ impl Picker {
     }
 
     /// For keys with a default (which always parses: a unit test resolves the defaults).
-    fn req<T: Default>(&mut self, name: &'static str, parse: impl Fn(&str) -> Result<T, String>) -> T {
+    fn req<T: Default>(
+        &mut self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> T {
         self.get(name, parse).unwrap_or_default()
     }
 
@@ -572,7 +579,11 @@ fn build(p: &mut Picker, config: Option<PathBuf>) -> Settings {
         python,
         max_requests: p.req("max-requests", |s| count(s, 0, u64::MAX)),
         restart_regex: p.get("restart-regex", |s| {
-            if s.is_empty() { Ok(String::new()) } else { value::regex(s) }
+            if s.is_empty() {
+                Ok(String::new())
+            } else {
+                value::regex(s)
+            }
         }),
         stderr_errors: p.switch("stderr-errors"),
         threads: p.get("threads", |s| count_usize(s, 1, 1024)),
@@ -589,13 +600,24 @@ fn build(p: &mut Picker, config: Option<PathBuf>) -> Settings {
             .get("interface", |s| {
                 choice(
                     s,
-                    &[("auto", Interface::Auto), ("wsgi", Interface::Wsgi), ("asgi", Interface::Asgi)],
+                    &[
+                        ("auto", Interface::Auto),
+                        ("wsgi", Interface::Wsgi),
+                        ("asgi", Interface::Asgi),
+                    ],
                 )
             })
             .unwrap_or(Interface::Auto),
         lifespan: p
             .get("lifespan", |s| {
-                choice(s, &[("auto", Lifespan::Auto), ("on", Lifespan::On), ("off", Lifespan::Off)])
+                choice(
+                    s,
+                    &[
+                        ("auto", Lifespan::Auto),
+                        ("on", Lifespan::On),
+                        ("off", Lifespan::Off),
+                    ],
+                )
             })
             .unwrap_or(Lifespan::Auto),
         event_loop: p
@@ -619,13 +641,23 @@ fn build(p: &mut Picker, config: Option<PathBuf>) -> Settings {
         reload: p.switch("reload"),
         max_requests_jitter: p.req("max-requests-jitter", |s| count(s, 0, 1 << 40)),
         max_rss_mib: p.req("max-rss", |s| count(s, 0, 1 << 24)),
-        worker_lifetime: p.get("worker-lifetime", |s| seconds(s, Some("never"))).flatten(),
+        worker_lifetime: p
+            .get("worker-lifetime", |s| seconds(s, Some("never")))
+            .flatten(),
         crash_limit: p.req("crash-limit", |s| count(s, 1, 1000).map(|n| n as u32)),
         ready_timeout: p.req("ready-timeout", |s| positive_seconds(s, 1.0)),
-        read_timeout: p.get("read-timeout", |s| seconds(s, Some("never"))).flatten(),
-        request_timeout: p.get("request-timeout", |s| seconds(s, Some("no limit"))).flatten(),
+        read_timeout: p
+            .get("read-timeout", |s| seconds(s, Some("never")))
+            .flatten(),
+        request_timeout: p
+            .get("request-timeout", |s| seconds(s, Some("no limit")))
+            .flatten(),
         status_path: p.get("status-path", |s| {
-            if s.starts_with('/') { Ok(s.to_owned()) } else { Err("a path starting with '/', like /pyfcgi-status".to_owned()) }
+            if s.starts_with('/') {
+                Ok(s.to_owned())
+            } else {
+                Err("a path starting with '/', like /pyfcgi-status".to_owned())
+            }
         }),
         access_log: p.get("access-log", path),
         access_log_format: p.get("access-log-format", text),
@@ -636,7 +668,10 @@ fn build(p: &mut Picker, config: Option<PathBuf>) -> Settings {
         trusted_proxy: {
             let lists = p.list("trusted-proxy", |s| {
                 s.parse::<pyfcgi_server::proxy::TrustedProxies>()
-                    .map_err(|_| "IP addresses or networks, comma-separated (10.0.0.1, 10.0.0.0/8, ::1)".to_owned())
+                    .map_err(|_| {
+                        "IP addresses or networks, comma-separated (10.0.0.1, 10.0.0.0/8, ::1)"
+                            .to_owned()
+                    })
             });
             let mut it = lists.into_iter();
             it.next().map(|mut all| {
@@ -655,20 +690,29 @@ fn build(p: &mut Picker, config: Option<PathBuf>) -> Settings {
         no_multiplex: p.switch("no-multiplex"),
         max_params_bytes: p.req("max-params-bytes", |s| {
             size(s, 64 << 20)
-                .and_then(|n| if n >= 1024 { Ok(n as usize) } else { Err(String::new()) })
+                .and_then(|n| {
+                    if n >= 1024 {
+                        Ok(n as usize)
+                    } else {
+                        Err(String::new())
+                    }
+                })
                 .map_err(|_| "a size from 1k to 64m".to_owned())
         }),
         max_params: p.req("max-params", |s| count_usize(s, 1, 1_000_000)),
         graceful_timeout: p
             .req("graceful-timeout", |s| seconds(s, None))
             .unwrap_or_default(),
-        idle_timeout: p.get("idle-timeout", |s| seconds(s, Some("never"))).flatten(),
+        idle_timeout: p
+            .get("idle-timeout", |s| seconds(s, Some("never")))
+            .flatten(),
         io_threads: p.req("io-threads", |s| count_usize(s, 1, 256)),
         align_records: p.switch("align-records"),
         web_server_addrs: p
             .get("web-server-addrs", |s| {
-                pyfcgi_server::transport::parse_web_server_addrs(s)
-                    .map_err(|_| "IP addresses, comma-separated (127.0.0.1,::1), or empty for any".to_owned())
+                pyfcgi_server::transport::parse_web_server_addrs(s).map_err(|_| {
+                    "IP addresses, comma-separated (127.0.0.1,::1), or empty for any".to_owned()
+                })
             })
             .unwrap_or_default(),
         log_max_size: p.req("log-max-size", |s| size(s, MAX_SIZE)),
@@ -677,7 +721,15 @@ fn build(p: &mut Picker, config: Option<PathBuf>) -> Settings {
         log_level: p.req("log-level", |s| {
             choice(
                 s,
-                &[("error", "error"), ("warn", "warn"), ("warning", "warn"), ("info", "info"), ("debug", "debug"), ("trace", "trace"), ("off", "off")],
+                &[
+                    ("error", "error"),
+                    ("warn", "warn"),
+                    ("warning", "warn"),
+                    ("info", "info"),
+                    ("debug", "debug"),
+                    ("trace", "trace"),
+                    ("off", "off"),
+                ],
             )
             .map(str::to_owned)
         }),

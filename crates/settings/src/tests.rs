@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pyfcgi_iis::webconfig::AppSettings;
 
-use crate::{Arg, Inputs, Origin, Settings, SettingError, WebConfigInput, resolve, resolve_from};
+use crate::{Arg, Inputs, Origin, SettingError, Settings, WebConfigInput, resolve, resolve_from};
 
 fn arg(name: &str, value: &str) -> Arg {
     Arg {
@@ -70,7 +70,10 @@ fn precedence_is_flag_then_env_then_web_config_then_toml() {
     assert_eq!(r.settings.max_requests, 12);
     assert_eq!(r.settings.io_threads, 3);
     assert_eq!(r.origin("threads"), Some(&Origin::Flag("--threads".into())));
-    assert_eq!(r.origin("max-conns"), Some(&Origin::Env("PYFCGI_MAX_CONNS".into())));
+    assert_eq!(
+        r.origin("max-conns"),
+        Some(&Origin::Env("PYFCGI_MAX_CONNS".into()))
+    );
     assert_eq!(
         r.origin("io-threads"),
         Some(&Origin::Toml {
@@ -96,7 +99,10 @@ fn a_bad_web_config_value_names_the_file_the_key_the_value_and_the_range() {
     let r = resolve_from(
         &Inputs::default(),
         None,
-        Some(web(r#"<add key="PYFCGI_THREADS" value="four"/>"#, r"C:\inetpub\site\web.config")),
+        Some(web(
+            r#"<add key="PYFCGI_THREADS" value="four"/>"#,
+            r"C:\inetpub\site\web.config",
+        )),
     );
     assert_eq!(
         r.error_report(),
@@ -108,27 +114,50 @@ fn a_bad_web_config_value_names_the_file_the_key_the_value_and_the_range() {
 
 #[test]
 fn a_bad_toml_value_names_the_file_line_and_key() {
-    let r = resolve_from(&Inputs::default(), toml("# comment\n\nworkers = \"two\"\n"), None);
+    let r = resolve_from(
+        &Inputs::default(),
+        toml("# comment\n\nworkers = \"two\"\n"),
+        None,
+    );
     assert_eq!(
         r.error_report(),
         r#"pyfcgi.toml /srv/pyfcgi.toml line 3: workers = "two": expected a whole number from 1 to 1024, or auto"#
     );
     let r = resolve_from(&Inputs::default(), toml("threads = [1, 2]\n"), None);
-    assert!(r.error_report().contains("a single value, not a list"), "{}", r.error_report());
+    assert!(
+        r.error_report().contains("a single value, not a list"),
+        "{}",
+        r.error_report()
+    );
     let r = resolve_from(&Inputs::default(), toml("threads = \n"), None);
-    assert!(r.error_report().starts_with("pyfcgi.toml /srv/pyfcgi.toml: not valid TOML"), "{}", r.error_report());
+    assert!(
+        r.error_report()
+            .starts_with("pyfcgi.toml /srv/pyfcgi.toml: not valid TOML"),
+        "{}",
+        r.error_report()
+    );
 }
 
 #[test]
 fn infinite_nan_and_huge_numbers_are_errors_not_panics() {
     for v in ["inf", "NaN", "-1", "1e308", "99999999999"] {
         let inputs = Inputs {
-            args: vec![arg("request-timeout", v), arg("graceful-timeout", v), arg("worker-lifetime", v)],
+            args: vec![
+                arg("request-timeout", v),
+                arg("graceful-timeout", v),
+                arg("worker-lifetime", v),
+            ],
             ..Inputs::default()
         };
         let r = resolve_from(&inputs, None, None);
         assert_eq!(r.errors.len(), 3, "{v}: {:?}", r.errors);
-        assert!(r.error_report().contains(&format!("--request-timeout = \"{v}\": expected a number of seconds")), "{}", r.error_report());
+        assert!(
+            r.error_report().contains(&format!(
+                "--request-timeout = \"{v}\": expected a number of seconds"
+            )),
+            "{}",
+            r.error_report()
+        );
     }
 }
 
@@ -145,16 +174,27 @@ fn unknown_keys_are_warnings_with_the_closest_key() {
     let r = resolve_from(
         &inputs,
         toml("worker = 2\nhelp = true\n"),
-        Some(web(r#"<add key="PYFCGI_MAX_BODYSIZE" value="1m"/><add key="DJANGO_SETTINGS_MODULE" value="s"/>"#, "web.config")),
+        Some(web(
+            r#"<add key="PYFCGI_MAX_BODYSIZE" value="1m"/><add key="DJANGO_SETTINGS_MODULE" value="s"/>"#,
+            "web.config",
+        )),
     );
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     let lines: Vec<String> = r.unknown.iter().map(ToString::to_string).collect();
     assert!(lines.contains(&"environment variable PYFCGI_THREAD: unknown pyfcgi setting, ignored (did you mean PYFCGI_THREADS?)".to_owned()), "{lines:?}");
     assert!(lines.contains(&"pyfcgi.toml /srv/pyfcgi.toml line 1: worker: unknown pyfcgi setting, ignored (did you mean workers?)".to_owned()), "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("pyfcgi.toml /srv/pyfcgi.toml line 2: help: unknown")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("pyfcgi.toml /srv/pyfcgi.toml line 2: help: unknown")),
+        "{lines:?}"
+    );
     assert!(lines.contains(&"web.config web.config: PYFCGI_MAX_BODYSIZE: unknown pyfcgi setting, ignored (did you mean PYFCGI_MAX_BODY_SIZE?)".to_owned()), "{lines:?}");
     assert_eq!(lines.len(), 4, "{lines:?}");
-    assert_eq!(r.settings.app_env, vec![("DJANGO_SETTINGS_MODULE".into(), "s".into())]);
+    assert_eq!(
+        r.settings.app_env,
+        vec![("DJANGO_SETTINGS_MODULE".into(), "s".into())]
+    );
 }
 
 #[test]
@@ -177,7 +217,10 @@ fn web_config_pythonpath_expands_variables_from_the_given_environment() {
     let r = resolve_from(
         &inputs,
         None,
-        Some(web(r#"<add key="PYTHONPATH" value="%SITE%\lib; ;/x"/>"#, "web.config")),
+        Some(web(
+            r#"<add key="PYTHONPATH" value="%SITE%\lib; ;/x"/>"#,
+            "web.config",
+        )),
     );
     assert_eq!(
         r.settings.python.pythonpath,
@@ -188,13 +231,23 @@ fn web_config_pythonpath_expands_variables_from_the_given_environment() {
 #[test]
 fn app_and_builtin_conflict_and_switches_take_words() {
     let inputs = Inputs {
-        args: vec![arg("app", "x:app"), arg("builtin", "hello"), arg("reload", "maybe")],
+        args: vec![
+            arg("app", "x:app"),
+            arg("builtin", "hello"),
+            arg("reload", "maybe"),
+        ],
         ..Inputs::default()
     };
     let r = resolve_from(&inputs, None, None);
     let report = r.error_report();
-    assert!(report.contains("--reload = \"maybe\": expected true or false"), "{report}");
-    assert!(report.contains("--app and --builtin cannot both be given"), "{report}");
+    assert!(
+        report.contains("--reload = \"maybe\": expected true or false"),
+        "{report}"
+    );
+    assert!(
+        report.contains("--app and --builtin cannot both be given"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -221,10 +274,17 @@ fn files_are_found_and_read_through_the_app_root() {
             dir.path().join("web.config").display()
         )
     );
-    std::fs::write(dir.path().join("web.config"), "<configuration><appSettings>").unwrap();
+    std::fs::write(
+        dir.path().join("web.config"),
+        "<configuration><appSettings>",
+    )
+    .unwrap();
     let r = resolve(&inputs);
     assert!(
-        r.error_report().starts_with(&format!("web.config {}: not valid XML", dir.path().join("web.config").display())),
+        r.error_report().starts_with(&format!(
+            "web.config {}: not valid XML",
+            dir.path().join("web.config").display()
+        )),
         "{}",
         r.error_report()
     );

@@ -49,7 +49,12 @@ pub fn positive_seconds(s: &str, min: f64) -> Result<Duration, String> {
 
 /// `10`, `64k`, `1m`, `2g` (powers of 1024), at most `max`.
 pub fn size(s: &str, max: u64) -> Result<u64, String> {
-    let expected = || format!("a size like 1048576, 512k, 10m or 1g, at most {}", human(max));
+    let expected = || {
+        format!(
+            "a size like 1048576, 512k, 10m or 1g, at most {}",
+            human(max)
+        )
+    };
     let t = s.trim().to_ascii_lowercase();
     let (num, mult) = match t.char_indices().last() {
         Some((i, 'k')) => (&t[..i], 1u64 << 10),
@@ -168,7 +173,15 @@ mod tests {
     #[test]
     fn numbers_are_range_checked_and_never_panic() {
         assert_eq!(count("4", 1, 1024), Ok(4));
-        for bad in ["four", "0", "1025", "-1", "", "1e3", "99999999999999999999999"] {
+        for bad in [
+            "four",
+            "0",
+            "1025",
+            "-1",
+            "",
+            "1e3",
+            "99999999999999999999999",
+        ] {
             assert_eq!(
                 count(bad, 1, 1024),
                 Err("a whole number from 1 to 1024".into()),
@@ -188,10 +201,21 @@ mod tests {
     fn sizes_parse_and_overflow_is_an_error() {
         assert_eq!(size("64k", u64::MAX), Ok(64 << 10));
         assert_eq!(size(" 2G ", u64::MAX), Ok(2 << 30));
-        for bad in ["", "k", "-1m", "1.5m", "99999999999999999999g", "17179869184g", "1t"] {
+        for bad in [
+            "",
+            "k",
+            "-1m",
+            "1.5m",
+            "99999999999999999999g",
+            "17179869184g",
+            "1t",
+        ] {
             assert!(size(bad, u64::MAX).is_err(), "{bad}");
         }
-        assert_eq!(size("2g", 1 << 30), Err("a size like 1048576, 512k, 10m or 1g, at most 1g".into()));
+        assert_eq!(
+            size("2g", 1 << 30),
+            Err("a size like 1048576, 512k, 10m or 1g, at most 1g".into())
+        );
     }
 
     #[test]
@@ -200,7 +224,10 @@ mod tests {
         assert_eq!(switch(""), Ok(false));
         assert!(switch("maybe").is_err());
         assert_eq!(choice("ASGI", &[("wsgi", 1), ("asgi", 2)]), Ok(2));
-        assert_eq!(choice("x", &[("wsgi", 1), ("asgi", 2)]), Err("one of wsgi, asgi".into()));
+        assert_eq!(
+            choice("x", &[("wsgi", 1), ("asgi", 2)]),
+            Err("one of wsgi, asgi".into())
+        );
         assert_eq!(mode("660"), Ok(0o660));
         assert_eq!(mode("0o600"), Ok(0o600));
         assert!(mode("8").is_err() && mode("77777").is_err());
