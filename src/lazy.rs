@@ -148,25 +148,19 @@ impl LazyApp {
 fn set_up(plan: Plan, root: &Path) -> (Served, Option<Running>) {
     let mut inputs = plan.inputs;
     inputs.first_request_root = Some(root.to_owned());
+    let mut ctx = plan.ctx;
+    ctx.first_request = true;
     let res = startup::resolve(&inputs);
     let log = startup::attach_logging(&res, root, plan.has_log_file);
     startup::log_resolution(&res, " (first request)");
     let failure = if res.errors.is_empty() {
-        match startup::start_app(&res.settings, &plan.ctx) {
+        match startup::start_app(&res.settings, &ctx) {
             Ok(Started::Wsgi(handler, pool)) => {
-                let h = MaxRequests::new(
-                    handler,
-                    res.settings.max_requests,
-                    plan.ctx.shutdown.clone(),
-                );
+                let h = MaxRequests::new(handler, res.settings.max_requests, ctx.shutdown.clone());
                 return (Served::Wsgi(h), Some(Running::Pool(pool)));
             }
             Ok(Started::Asgi(handler, host)) => {
-                let h = MaxRequests::new(
-                    handler,
-                    res.settings.max_requests,
-                    plan.ctx.shutdown.clone(),
-                );
+                let h = MaxRequests::new(handler, res.settings.max_requests, ctx.shutdown.clone());
                 return (Served::Asgi(h), Some(Running::Host(host)));
             }
             Err(f) => f,
@@ -174,6 +168,7 @@ fn set_up(plan: Plan, root: &Path) -> (Served, Option<Running>) {
     } else {
         Failure::settings(&res)
     };
+    let log = startup::failure_log(log, &res.settings);
     failure.report();
     match failure {
         Failure::NoPython(nf) => (Served::NoPython(nf.page()), None),
@@ -181,9 +176,9 @@ fn set_up(plan: Plan, root: &Path) -> (Served, Option<Running>) {
             error!(
                 "every request will be answered 500 until a watched file changes (web.config, the app's .py files) or IIS recycles the process"
             );
-            match startup::failed_wsgi(&res.settings, &plan.ctx, detail) {
+            match startup::failed_wsgi(&res.settings, &ctx, detail) {
                 Ok(Started::Wsgi(handler, pool)) => (
-                    Served::Wsgi(MaxRequests::new(handler, 0, plan.ctx.shutdown.clone())),
+                    Served::Wsgi(MaxRequests::new(handler, 0, ctx.shutdown.clone())),
                     Some(Running::Pool(pool)),
                 ),
                 Ok(Started::Asgi(..)) | Err(_) => (
@@ -194,7 +189,7 @@ fn set_up(plan: Plan, root: &Path) -> (Served, Option<Running>) {
         }
         other => {
             // Fixing web.config restarts the process (IIS starts a new one).
-            startup::watch_for_restart(&res.settings, &plan.ctx);
+            startup::watch_for_restart(&res.settings, &ctx);
             error!(
                 "every request is answered 500 until this is fixed (a change to web.config restarts pyfcgi)"
             );

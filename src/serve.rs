@@ -156,6 +156,12 @@ fn run_app(
     let started = match startup::start_app(&settings, &ctx) {
         Ok(s) => s,
         Err(failure) => {
+            // Under IIS the diagnosis must land in a file (stderr goes nowhere there).
+            let log = if connected {
+                startup::failure_log(log, &settings)
+            } else {
+                log
+            };
             failure.report();
             if !connected {
                 // Outside IIS: say it and go, so systemd (or the supervisor) sees it.

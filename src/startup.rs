@@ -56,21 +56,14 @@ pub enum LogPlace {
     Fallback,
 }
 
-/// Sets up logging for `serve` from the resolved settings: the configured file, else (it
-/// cannot be opened, or the setting itself is invalid under IIS) the fallback file, else
-/// stderr. Called once, before anything is logged.
+/// Sets up logging for `serve` from the resolved settings: the configured file; else stderr,
+/// with the fallback file attached at once when the configured file cannot be opened (or the
+/// settings are invalid under IIS, where nobody reads stderr), or later by
+/// [`failure_log`] when a startup failure must be recorded. Called once, before anything is
+/// logged.
 pub fn init_logging(res: &Resolution, iis: bool) -> LogPlace {
     let s = &res.settings;
     let level = s.log_level.as_str();
-    let log_setting_bad = res.errors.iter().any(|e| match e {
-        pyfcgi_settings::SettingError::Invalid { origin, .. } => {
-            matches!(
-                origin.key().to_ascii_uppercase().as_str(),
-                "WSGI_LOG" | "PYFCGI_LOG_FILE" | "--LOG-FILE" | "LOG-FILE" | "LOG_FILE"
-            )
-        }
-        _ => false,
-    });
     let mut open_error = None;
     if let Some(path) = &s.log_file {
         match crate::logging::init_file(path, level, rotation(s)) {
@@ -78,27 +71,45 @@ pub fn init_logging(res: &Resolution, iis: bool) -> LogPlace {
             Err(e) => open_error = Some(e),
         }
     }
-    if (open_error.is_some() || log_setting_bad) && (iis || s.app_root.is_some()) {
-        let fallback = fallback_log(s.app_root.as_deref());
-        if crate::logging::init_file(&fallback, level, rotation(s)).is_ok() {
-            if let Some(e) = open_error {
-                error!(
-                    "{e:#}; logging to {} instead (the fallback when WSGI_LOG / --log-file cannot be used)",
-                    fallback.display()
-                );
+    crate::logging::init_stderr(level);
+    let mut place = LogPlace::Stderr;
+    if open_error.is_some() || (iis && !res.errors.is_empty()) {
+        place = failure_log(place, s);
+    }
+    if let Some(e) = open_error {
+        error!(
+            "{e:#}; {} (the fallback when WSGI_LOG / --log-file cannot be used)",
+            match place {
+                LogPlace::Fallback => "logging beside web.config in pyfcgi-error.log instead",
+                _ => "logging to stderr instead",
             }
-            return LogPlace::Fallback;
+        );
+    }
+    place
+}
+
+/// Makes sure a startup failure is written to a file: when the log goes to stderr (under
+/// IIS, nowhere), the fallback file is attached ([`fallback_log`]).
+pub fn failure_log(place: LogPlace, s: &Settings) -> LogPlace {
+    if place != LogPlace::Stderr {
+        return place;
+    }
+    let fallback = fallback_log(s.app_root.as_deref());
+    match crate::logging::attach_file(&fallback, rotation(s)) {
+        Ok(path) => {
+            info!("pyfcgi {} logging to {} (startup failure)", env!("CARGO_PKG_VERSION"), path.display());
+            LogPlace::Fallback
+        }
+        Err(e) => {
+            error!("{e:#}");
+            LogPlace::Stderr
         }
     }
-    crate::logging::init_stderr(level);
-    if let Some(e) = open_error {
-        error!("{e:#}");
-    }
-    LogPlace::Stderr
 }
 
 /// The first-request setup's logging: the log file its settings name is attached (unless one
-/// was opened at startup), else the fallback beside its web.config.
+/// was opened at startup); when it cannot be, or the settings are invalid, the fallback
+/// beside its web.config.
 #[cfg(feature = "python")]
 pub fn attach_logging(res: &Resolution, root: &Path, has_log_file: bool) -> LogPlace {
     if has_log_file {
@@ -123,19 +134,11 @@ pub fn attach_logging(res: &Resolution, root: &Path, has_log_file: bool) -> LogP
     if why.is_none() && res.errors.is_empty() {
         return LogPlace::Stderr;
     }
-    let fallback = fallback_log(Some(root));
-    match crate::logging::attach_file(&fallback, rotation(s)) {
-        Ok(_) => {
-            if let Some(why) = why {
-                error!("{why}; logging to {} instead", fallback.display());
-            }
-            LogPlace::Fallback
-        }
-        Err(e) => {
-            error!("{e:#}");
-            LogPlace::Stderr
-        }
+    let place = failure_log(LogPlace::Stderr, s);
+    if let Some(why) = why {
+        error!("{why}; logging beside web.config in pyfcgi-error.log instead");
     }
+    place
 }
 
 /// Logs what the resolution found besides errors: the files read and the unknown keys.

@@ -40,6 +40,36 @@ fn check(args: &[&str], env: &[(&str, &str)]) -> crate::support::CmdOutput {
     run_pyfcgi(&argv, &all, None, LIMIT)
 }
 
+/// `pyfcgi serve ARGS` on a loopback port for an app that cannot load: outside IIS it exits
+/// at once with code 6 (the same with `--workers`, tests/it/settings.rs); returns its log.
+fn serve_fails(args: &[&str]) -> String {
+    let mut argv = vec!["serve"];
+    argv.extend_from_slice(args);
+    argv.extend(["--bind", "127.0.0.1:0"]);
+    let mut env: Vec<(&str, &str)> = PY_ENV.to_vec();
+    env.push(("VIRTUAL_ENV", ""));
+    let out = run_pyfcgi(&argv, &env, None, LIMIT);
+    assert_eq!(out.code(), Some(6), "{}", out.stderr);
+    out.stderr
+}
+
+/// One request to `pyfcgi serve ARGS` run as IIS runs it (`request --spawn --iis`: one
+/// connection on stdin), where a failed app is answered 500 rather than exiting.
+fn iis_get(args: &[&str]) -> String {
+    let exe = crate::support::pyfcgi();
+    let mut cmd = Command::new(exe);
+    cmd.args(["request", "--timeout", "30", "--spawn", "--iis", "/", "--"])
+        .arg(exe)
+        .arg("serve")
+        .args(args)
+        .env_remove("VIRTUAL_ENV");
+    for (k, v) in PY_ENV {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// One GET; the parsed CGI response.
 fn get(server: &Server) -> Cgi {
     Cgi::parse(roundtrip(
@@ -283,37 +313,26 @@ fn check_prints_the_import_traceback_and_sys_path() {
 }
 
 #[test]
-fn serve_answers_500_while_the_app_cannot_load() {
-    let mut server = serve(&["broken_import:application", "--chdir", LOADING], &[]);
-    for _ in 0..3 {
-        let r = get(&server);
-        assert!(r.status.starts_with("500 "), "{r:?}");
-        let page = r.body_str();
-        assert!(page.contains("application failed to load"), "{page}");
-        assert!(!page.contains("Traceback"), "{page}");
-        assert!(!page.contains("pyfcgi_test_no_such_module"), "{page}");
-    }
-    assert!(
-        server.child.try_wait().unwrap().is_none(),
-        "the server exited"
-    );
-    let log = server.log();
+fn an_app_that_cannot_load_exits_6_but_is_answered_500_under_iis() {
+    let log = serve_fails(&["broken_import:application", "--chdir", LOADING]);
     assert_eq!(log.matches(MISSING).count(), 1, "{log}");
     assert!(log.contains("broken_import.py\", line 3"), "{log}");
     assert!(log.contains("sys.path:"), "{log}");
 
-    let server = serve(
-        &[
-            "broken_import:application",
-            "--chdir",
-            LOADING,
-            "--detailed-errors",
-        ],
-        &[],
-    );
-    let r = get(&server);
-    assert!(r.status.starts_with("500 "), "{r:?}");
-    let page = r.body_str();
+    // Under IIS the process stays up and every request gets the 500 page (until a watched
+    // file changes): exiting would trip IIS's rapid-fail protection.
+    let page = iis_get(&["broken_import:application", "--chdir", LOADING]);
+    assert!(page.contains(" 500 "), "{page}");
+    assert!(page.contains("application failed to load"), "{page}");
+    assert!(!page.contains("Traceback"), "{page}");
+    assert!(!page.contains("pyfcgi_test_no_such_module"), "{page}");
+
+    let page = iis_get(&[
+        "broken_import:application",
+        "--chdir",
+        LOADING,
+        "--detailed-errors",
+    ]);
     assert!(page.contains("application failed to load"), "{page}");
     assert!(page.contains("Traceback"), "{page}");
     assert!(page.contains(MISSING), "{page}");
@@ -347,11 +366,8 @@ fn non_callable_or_missing_targets_are_clear_errors() {
         );
     }
 
-    let server = serve(&["not_callable:application", "--chdir", LOADING], &[]);
-    let r = get(&server);
-    assert!(r.status.starts_with("500 "), "{r:?}");
-    assert!(r.body_str().contains("application failed to load"));
-    assert!(server.log().contains("not callable"), "{}", server.log());
+    let log = serve_fails(&["not_callable:application", "--chdir", LOADING]);
+    assert!(log.contains("not callable"), "{log}");
 }
 
 /// A folder with `site.py` (which Python imported before the app could) and `code.py`
@@ -404,9 +420,6 @@ fn files_named_like_standard_modules_are_diagnosed_naming_both_files() {
     assert!(out.stdout_str().contains(&shadows), "{}", out.stdout_str());
 
     // serve: the load error in the log carries the diagnosis too.
-    let server = serve(&["site:app", "--chdir", root], &[]);
-    let r = get(&server);
-    assert!(r.status.starts_with("500 "), "{r:?}");
-    let log = server.log();
+    let log = serve_fails(&["site:app", "--chdir", root]);
     assert!(log.contains(&eclipsed), "{log}");
 }

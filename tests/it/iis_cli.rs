@@ -755,7 +755,7 @@ fn a_wfastcgi_site_is_migrated_and_the_old_handler_flagged() {
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     assert!(
         out.stdout
-            .contains("PASS  application: hello.application (from WSGI_HANDLER)"),
+            .contains(&format!("PASS  application: hello.application (from web.config {root}/web.config: WSGI_HANDLER)")),
         "{}",
         out.stdout
     );

@@ -224,15 +224,37 @@ fn web_config_beats_pyfcgi_toml_and_bad_toml_is_refused() {
         iis.body("/x", &[]).contains("MT=False"),
         "web.config's 1 beats pyfcgi.toml's 4"
     );
-    std::fs::write(dir.path().join("pyfcgi.toml"), "treads = 4\n").unwrap();
-    let out = std::process::Command::new(crate::support::pyfcgi())
-        .args(["serve", "--app-root", &root, "--bind", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown setting \"treads\""), "{err}");
+    // A misspelt key is a warning naming the closest key; a bad value stops the start (exit
+    // 2), named with its file, line and key.
+    std::fs::write(
+        dir.path().join("pyfcgi.toml"),
+        "treads = 4\nio-threads = \"two\"\n",
+    )
+    .unwrap();
+    let out = crate::support::run_pyfcgi(
+        &["serve", "--app-root", &root, "--bind", "127.0.0.1:0"],
+        &[],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    let toml = dir.path().join("pyfcgi.toml");
+    for want in [
+        format!(
+            "pyfcgi.toml {} line 1: treads: unknown pyfcgi setting, ignored (did you mean threads?)",
+            toml.display()
+        ),
+        format!(
+            "pyfcgi.toml {} line 2: io-threads = \"two\": expected a whole number from 1 to 256",
+            toml.display()
+        ),
+    ] {
+        assert!(
+            out.stderr.contains(&want),
+            "no {want:?} in:\n{}",
+            out.stderr
+        );
+    }
 }
 
 #[test]

@@ -107,7 +107,7 @@ fn a_bad_trusted_proxy_is_refused_at_start() {
     assert_eq!(out.code(), Some(2), "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("\"proxy.example.com\" is not an IP address or network"),
+            .contains("--trusted-proxy = \"proxy.example.com\": expected IP addresses or networks"),
         "{}",
         out.stderr
     );

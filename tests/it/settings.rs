@@ -22,7 +22,9 @@ fn web_config(keys: &[(&str, &str)]) -> String {
         .iter()
         .map(|(k, v)| format!("    <add key=\"{k}\" value=\"{v}\" />\n"))
         .collect();
-    format!("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<configuration>\n  <appSettings>\n{adds}  </appSettings>\n</configuration>\n")
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<configuration>\n  <appSettings>\n{adds}  </appSettings>\n</configuration>\n"
+    )
 }
 
 fn site(web: &str) -> TempDir {
@@ -84,20 +86,28 @@ fn iis_a_bad_web_config_value_is_a_500_page_and_a_wsgi_log_line_naming_key_value
         let _ = std::fs::remove_file(&log);
         let (code, stdout, stderr) = iis_request(dir.path(), &as_strs(&serve));
         assert!(
-            stdout.starts_with("HTTP/1.1 500") || stdout.contains("Status: 500") || stdout.contains(" 500 "),
+            stdout.starts_with("HTTP/1.1 500")
+                || stdout.contains("Status: 500")
+                || stdout.contains(" 500 "),
             "{serve:?}: {code:?}\n{stdout}\n{stderr}"
         );
         assert!(
             stdout.contains("pyfcgi could not start this application: an invalid pyfcgi setting"),
             "{serve:?}: {stdout}"
         );
-        assert!(!stdout.contains("four") && !stdout.contains(&root), "no values or paths on the page: {stdout}");
+        assert!(
+            !stdout.contains("four") && !stdout.contains(&root),
+            "no values or paths on the page: {stdout}"
+        );
         let text = read(&log);
         let want = format!(
             "web.config {}: PYFCGI_THREADS = \"four\": expected a whole number from 1 to 1024",
             web.display()
         );
-        assert!(text.contains(&want), "{serve:?}: no {want:?} in WSGI_LOG:\n{text}");
+        assert!(
+            text.contains(&want),
+            "{serve:?}: no {want:?} in WSGI_LOG:\n{text}"
+        );
     }
 }
 
@@ -116,7 +126,10 @@ fn iis_an_unparsable_web_config_is_logged_beside_it_and_explained_on_the_page() 
         assert!(stdout.contains("pyfcgi-error.log"), "{stdout}");
         let text = read(&fallback);
         assert!(
-            text.contains(&format!("web.config {}: not valid XML", dir.path().join("web.config").display())),
+            text.contains(&format!(
+                "web.config {}: not valid XML",
+                dir.path().join("web.config").display()
+            )),
             "{serve:?}: {text}"
         );
     }
@@ -144,7 +157,10 @@ fn iis_a_wsgi_log_that_cannot_be_created_falls_back_beside_web_config() {
         );
         let text = read(&fallback);
         assert!(text.contains("cannot open log file"), "{serve:?}: {text}");
-        assert!(text.contains("PYFCGI_MAX_CONNS = \"-3\": expected a whole number from 1 to 1000000"), "{serve:?}: {text}");
+        assert!(
+            text.contains("PYFCGI_MAX_CONNS = \"-3\": expected a whole number from 1 to 1000000"),
+            "{serve:?}: {text}"
+        );
     }
 }
 
@@ -152,10 +168,20 @@ fn iis_a_wsgi_log_that_cannot_be_created_falls_back_beside_web_config() {
 fn a_bad_pyfcgi_toml_value_names_file_line_and_key_and_exits_2() {
     let dir = TempDir::new("settings-toml");
     let toml = dir.path().join("pyfcgi.toml");
-    std::fs::write(&toml, "# pyfcgi\nbuiltin = \"hello\"\n\nworkers = \"two\"\n").unwrap();
+    std::fs::write(
+        &toml,
+        "# pyfcgi\nbuiltin = \"hello\"\n\nworkers = \"two\"\n",
+    )
+    .unwrap();
     let port = free_port().to_string();
     let out = run_pyfcgi(
-        &["serve", "--config", toml.to_str().unwrap(), "--bind", &format!("127.0.0.1:{port}")],
+        &[
+            "serve",
+            "--config",
+            toml.to_str().unwrap(),
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ],
         &[],
         None,
         Duration::from_secs(20),
@@ -171,11 +197,23 @@ fn a_bad_pyfcgi_toml_value_names_file_line_and_key_and_exits_2() {
 #[test]
 fn misspelt_keys_in_every_source_are_warned_with_the_closest_key() {
     let dir = site(&web_config(&[("PYFCGI_THREAD", "2")]));
-    std::fs::write(dir.path().join("pyfcgi.toml"), "builtin = \"hello\"\nworker = 2\nhelp = true\n").unwrap();
+    std::fs::write(
+        dir.path().join("pyfcgi.toml"),
+        "builtin = \"hello\"\nworker = 2\nhelp = true\n",
+    )
+    .unwrap();
     let root = dir.path().display().to_string();
     let port = free_port().to_string();
     let mut child = Command::new(pyfcgi())
-        .args(["serve", "--app-root", &root, "--bind", &format!("127.0.0.1:{port}"), "--max-requests", "1"])
+        .args([
+            "serve",
+            "--app-root",
+            &root,
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--max-requests",
+            "1",
+        ])
         .env("PYFCGI_MAX_BODYSIZE", "1m")
         .env_remove("PYFCGI_LOG")
         .stderr(std::process::Stdio::piped())
@@ -190,10 +228,18 @@ fn misspelt_keys_in_every_source_are_warned_with_the_closest_key() {
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = run_pyfcgi(&["request", "--connect", &format!("127.0.0.1:{port}"), "/"], &[], None, Duration::from_secs(20));
+    let out = run_pyfcgi(
+        &["request", "--connect", &format!("127.0.0.1:{port}"), "/"],
+        &[],
+        None,
+        Duration::from_secs(20),
+    );
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     let _ = crate::support::wait_timeout(&mut child, Duration::from_secs(20));
     let log = crate::support::strip_ansi(&reader.join().unwrap());
@@ -206,9 +252,18 @@ fn misspelt_keys_in_every_source_are_warned_with_the_closest_key() {
         assert!(log.contains(&want), "no {want:?} in:\n{log}");
     }
     // doctor says the same, as WARNs with the fix.
-    let doc = run_pyfcgi(&["doctor", "--app-root", &root, "--no-import"], &[], None, Duration::from_secs(30));
+    let doc = run_pyfcgi(
+        &["doctor", "--app-root", &root, "--no-import"],
+        &[],
+        None,
+        Duration::from_secs(30),
+    );
     let text = doc.stdout_str();
-    assert!(text.contains("WARN  setting: web.config") && text.contains("fix: rename it to PYFCGI_THREADS"), "{text}");
+    assert!(
+        text.contains("WARN  setting: web.config")
+            && text.contains("fix: rename it to PYFCGI_THREADS"),
+        "{text}"
+    );
     assert!(text.contains("fix: rename it to workers"), "{text}");
 }
 
@@ -216,7 +271,15 @@ fn misspelt_keys_in_every_source_are_warned_with_the_closest_key() {
 fn infinite_or_nan_seconds_are_a_clear_error_not_a_panic() {
     for v in ["inf", "NaN", "1e400"] {
         let out = run_pyfcgi(
-            &["serve", "--builtin", "hello", "--bind", "127.0.0.1:0", "--request-timeout", v],
+            &[
+                "serve",
+                "--builtin",
+                "hello",
+                "--bind",
+                "127.0.0.1:0",
+                "--request-timeout",
+                v,
+            ],
             &[],
             None,
             Duration::from_secs(20),
@@ -233,9 +296,17 @@ fn infinite_or_nan_seconds_are_a_clear_error_not_a_panic() {
 
 #[test]
 fn doctor_fails_the_bad_value_with_its_origin() {
-    let dir = site(&web_config(&[("WSGI_HANDLER", "app.app"), ("PYFCGI_THREADS", "four")]));
+    let dir = site(&web_config(&[
+        ("WSGI_HANDLER", "app.app"),
+        ("PYFCGI_THREADS", "four"),
+    ]));
     let root = dir.path().display().to_string();
-    let out = run_pyfcgi(&["doctor", "--app-root", &root, "--no-import"], &[], None, Duration::from_secs(30));
+    let out = run_pyfcgi(
+        &["doctor", "--app-root", &root, "--no-import"],
+        &[],
+        None,
+        Duration::from_secs(30),
+    );
     assert_eq!(out.code(), Some(1), "{}", out.stdout_str());
     let text = out.stdout_str();
     let want = format!(
@@ -243,7 +314,13 @@ fn doctor_fails_the_bad_value_with_its_origin() {
         dir.path().join("web.config").display()
     );
     assert!(text.contains(&want), "{text}");
-    assert!(text.contains("app  = app.app   [web.config"), "the effective settings with origins: {text}");
+    assert!(
+        text.contains(&format!(
+            "app      = app.app   [web.config {}: WSGI_HANDLER]",
+            dir.path().join("web.config").display()
+        )),
+        "the effective settings with origins: {text}"
+    );
 }
 
 #[test]
@@ -252,13 +329,24 @@ fn an_app_that_cannot_be_imported_exits_6_within_seconds_with_and_without_worker
     for workers in [None, Some("2")] {
         let port = free_port().to_string();
         let bind = format!("127.0.0.1:{port}");
-        let mut args = vec!["serve", "missing_module_pyfcgi:app", "--bind", &bind, "--chdir", dir.path().to_str().unwrap()];
+        let mut args = vec![
+            "serve",
+            "missing_module_pyfcgi:app",
+            "--bind",
+            &bind,
+            "--chdir",
+            dir.path().to_str().unwrap(),
+        ];
         if let Some(n) = workers {
             args.extend(["--workers", n]);
         }
         let out = run_pyfcgi(&args, &[], None, Duration::from_secs(30));
         assert_eq!(out.code(), Some(6), "{workers:?}: {}", out.stderr);
-        assert!(out.stderr.contains("missing_module_pyfcgi"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("missing_module_pyfcgi"),
+            "{}",
+            out.stderr
+        );
         assert!(out.elapsed < Duration::from_secs(20), "{:?}", out.elapsed);
     }
 }
@@ -268,18 +356,32 @@ fn a_unix_socket_in_a_missing_folder_is_reported_before_the_app_is_imported() {
     let dir = site(&web_config(&[]));
     let sock = dir.path().join("no-such-folder").join("pyfcgi.sock");
     let out = run_pyfcgi(
-        &["serve", "app:app", "--chdir", dir.path().to_str().unwrap(), "--bind", &format!("unix:{}", sock.display())],
+        &[
+            "serve",
+            "app:app",
+            "--chdir",
+            dir.path().to_str().unwrap(),
+            "--bind",
+            &format!("unix:{}", sock.display()),
+        ],
         &[],
         None,
         Duration::from_secs(30),
     );
     assert_eq!(out.code(), Some(1), "{}", out.stderr);
     assert!(
-        out.stderr.contains(&format!("the folder {} does not exist", sock.parent().unwrap().display())),
+        out.stderr.contains(&format!(
+            "the folder {} does not exist",
+            sock.parent().unwrap().display()
+        )),
         "{}",
         out.stderr
     );
-    assert!(!out.stderr.contains("application loaded"), "the transport comes first: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("application loaded"),
+        "the transport comes first: {}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -299,18 +401,40 @@ fn check_doctor_and_serve_report_the_same_sys_path() {
         .lines()
         .filter(|l| !l.is_empty())
         .collect();
-    assert!(served.iter().any(|l| *l == extra.path().to_str().unwrap()), "{served:?}");
+    assert!(
+        served.iter().any(|l| *l == extra.path().to_str().unwrap()),
+        "{served:?}"
+    );
     // check and doctor print sys.path in their interpreter report: the same entries, in the
     // same order.
     let check = run_pyfcgi(
-        &["check", "app.app", "--chdir", &root, "--pythonpath", extra.path().to_str().unwrap()],
+        &[
+            "check",
+            "app.app",
+            "--chdir",
+            &root,
+            "--pythonpath",
+            extra.path().to_str().unwrap(),
+        ],
         &[],
         None,
         Duration::from_secs(60),
     );
-    let doctor = run_pyfcgi(&["doctor", "--app-root", &root], &[], None, Duration::from_secs(60));
-    for (name, text) in [("check", check.stdout_str()), ("doctor", doctor.stdout_str())] {
-        assert_eq!(reported_sys_path(&text), served, "{name} reports another sys.path:\n{text}");
+    let doctor = run_pyfcgi(
+        &["doctor", "--app-root", &root],
+        &[],
+        None,
+        Duration::from_secs(60),
+    );
+    for (name, text) in [
+        ("check", check.stdout_str()),
+        ("doctor", doctor.stdout_str()),
+    ] {
+        assert_eq!(
+            reported_sys_path(&text),
+            served,
+            "{name} reports another sys.path:\n{text}"
+        );
     }
 }
 

@@ -359,7 +359,7 @@ fn a_worker_over_max_rss_is_replaced() {
 }
 
 #[test]
-fn workers_that_cannot_import_stop_the_supervisor_with_exit_5() {
+fn workers_that_crash_before_ready_stop_the_supervisor_with_exit_5() {
     let dir = TempDir::new("workers-crash");
     let sock = dir.path().join("pyfcgi.sock");
     let out = crate::support::run_pyfcgi(
@@ -373,14 +373,43 @@ fn workers_that_cannot_import_stop_the_supervisor_with_exit_5() {
             "--bind",
             &format!("unix:{}", sock.display()),
         ],
-        &[("WORKERS_APP_FAIL", "1"), ("PYFCGI_LOG", "info")],
+        &[("WORKERS_APP_CRASH", "1"), ("PYFCGI_LOG", "info")],
         None,
         Duration::from_secs(60),
     );
     assert_eq!(out.code(), Some(5), "{}", out.stderr);
     assert!(out.stderr.contains("--crash-limit"), "{}", out.stderr);
+    assert!(out.stderr.contains("exited with code 3"), "{}", out.stderr);
+    assert!(!sock.exists(), "the socket file was left behind");
+}
+
+#[test]
+fn workers_that_cannot_import_stop_the_supervisor_at_once_with_exit_6() {
+    // The same code as `serve` without --workers (tests/it/settings.rs): the import error is
+    // not retried --crash-limit times, since every worker would fail the same way.
+    let dir = TempDir::new("workers-import");
+    let sock = dir.path().join("pyfcgi.sock");
+    let out = crate::support::run_pyfcgi(
+        &[
+            "serve",
+            &app_spec(),
+            "--workers",
+            "2",
+            "--bind",
+            &format!("unix:{}", sock.display()),
+        ],
+        &[("WORKERS_APP_FAIL", "1"), ("PYFCGI_LOG", "info")],
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), Some(6), "{}", out.stderr);
     assert!(
         out.stderr.contains("the app cannot import (test)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("the application cannot be loaded"),
         "{}",
         out.stderr
     );

@@ -131,6 +131,9 @@ pub const NOT_SETTINGS: &[&str] = &[
     "PYFCGI_STATUS_FILE",
     "PYFCGI_PYTHON_DLL",
     "PYFCGI_BIN",
+    // Set by pyfcgi's build script; `cargo run`/`cargo test` pass them on.
+    "PYFCGI_GIT_REVISION",
+    "PYFCGI_PYTHON_BUILT",
 ];
 
 /// The settings, in the order `--help` lists them.
