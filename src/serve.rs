@@ -53,7 +53,7 @@ pub fn main(args: Vec<pyfcgi_settings::Arg>) -> ExitCode {
     {
         return supervise(&settings, n);
     }
-    match run(settings, inputs, log) {
+    match run(&settings, inputs, log) {
         Ok(ServeOutcome::TimedOut) => ExitCode::from(exit::GRACE_TIMEOUT),
         Ok(_) => ExitCode::SUCCESS,
         Err(Exit(code)) => ExitCode::from(code),
@@ -85,7 +85,7 @@ fn runtime(io_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     .context("cannot start the async runtime")
 }
 
-fn run(settings: Settings, inputs: Inputs, log: LogPlace) -> Result<ServeOutcome, Exit> {
+fn run(settings: &Settings, inputs: Inputs, log: LogPlace) -> Result<ServeOutcome, Exit> {
     let rt = runtime(settings.io_threads)?;
     if let Some(addr) = &settings.status_bind
         && !is_supervised_worker()
@@ -94,7 +94,7 @@ fn run(settings: Settings, inputs: Inputs, log: LogPlace) -> Result<ServeOutcome
         crate::status_http::start(addr, crate::metrics::own_source())?;
     }
     // The transport first: a bad address is reported before a slow import, not after.
-    let listener = rt.block_on(open_listener(&settings))?;
+    let listener = rt.block_on(open_listener(settings))?;
     let shutdown = CancellationToken::new();
     if let Some(builtin) = settings.builtin {
         info!(handler = ?builtin, "serving a built-in handler");
@@ -104,7 +104,7 @@ fn run(settings: Settings, inputs: Inputs, log: LogPlace) -> Result<ServeOutcome
             shutdown.clone(),
         );
         return Ok(rt.block_on(serve_async(
-            &settings,
+            settings,
             listener,
             Arc::new(handler),
             shutdown,
@@ -125,7 +125,7 @@ fn run(settings: Settings, inputs: Inputs, log: LogPlace) -> Result<ServeOutcome
 #[cfg(feature = "python")]
 fn run_app(
     rt: &tokio::runtime::Runtime,
-    settings: Settings,
+    settings: &Settings,
     inputs: Inputs,
     listener: Listener,
     shutdown: CancellationToken,
@@ -151,14 +151,14 @@ fn run_app(
             inputs,
             has_log_file: settings.log_file.is_some() && log == LogPlace::Configured,
         };
-        return serve_lazy(rt, &settings, listener, plan);
+        return serve_lazy(rt, settings, listener, plan);
     }
-    let started = match startup::start_app(&settings, &ctx) {
+    let started = match startup::start_app(settings, &ctx) {
         Ok(s) => s,
         Err(failure) => {
             // Under IIS the diagnosis must land in a file (stderr goes nowhere there).
             let log = if connected {
-                startup::failure_log(log, &settings)
+                startup::failure_log(log, settings)
             } else {
                 log
             };
@@ -168,18 +168,18 @@ fn run_app(
                 return Err(Exit(failure.exit_code()));
             }
             match failure {
-                Failure::NoPython(nf) => return serve_without_python(rt, &settings, listener, &nf),
+                Failure::NoPython(nf) => return serve_without_python(rt, settings, listener, &nf),
                 Failure::Load(detail) => {
                     error!(
                         "every request will be answered 500 until a watched file changes (web.config, the app's .py files) or IIS recycles the process"
                     );
-                    startup::failed_wsgi(&settings, &ctx, detail)?
+                    startup::failed_wsgi(settings, &ctx, detail)?
                 }
                 other => {
-                    startup::watch_for_restart(&settings, &ctx);
+                    startup::watch_for_restart(settings, &ctx);
                     let page = other.page(log);
                     return Ok(rt.block_on(serve_async(
-                        &settings,
+                        settings,
                         listener,
                         Arc::new(ErrorPage(page)),
                         shutdown,
@@ -199,7 +199,7 @@ fn run_app(
                 shutdown.clone(),
             ));
             let outcome = rt.block_on(serve_async(
-                &settings,
+                settings,
                 listener,
                 Arc::clone(&handler),
                 shutdown,
@@ -223,7 +223,7 @@ fn run_app(
                 shutdown.clone(),
             ));
             let outcome = rt.block_on(serve_async(
-                &settings,
+                settings,
                 listener,
                 Arc::clone(&handler),
                 shutdown,

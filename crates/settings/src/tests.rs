@@ -25,6 +25,7 @@ fn web(xml: &str, file: &str) -> WebConfigInput {
     WebConfigInput::Read(s)
 }
 
+#[allow(clippy::unnecessary_wraps)] // resolve_from takes exactly this
 fn toml(text: &str) -> Option<Result<(PathBuf, String), SettingError>> {
     Some(Ok((PathBuf::from("/srv/pyfcgi.toml"), text.to_owned())))
 }
