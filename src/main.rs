@@ -10,6 +10,7 @@ mod lazy;
 // Without Python, the helpers only the WSGI path uses (file watcher) are unused.
 #[cfg_attr(not(feature = "python"), allow(dead_code, unused_imports))]
 mod lifecycle;
+mod listen;
 mod logging;
 mod metrics;
 #[cfg(feature = "python")]

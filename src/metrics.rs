@@ -28,6 +28,9 @@ pub const STATS_PREFIX: &str = "\u{1e}pyfcgi-stats ";
 /// Latencies are recorded in microseconds, up to an hour.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
+/// Produces the current status document (this process's, or the supervisor's aggregate).
+pub type Source = Arc<dyn Fn() -> Value + Send + Sync>;
+
 /// This process's request counters.
 #[derive(Debug)]
 pub struct Metrics {
@@ -507,7 +510,7 @@ pub fn render(doc: &Value, prometheus: bool) -> (bool, &'static str, String) {
 }
 
 /// `--status-bind` in a process without a supervisor: this process's status.
-pub fn own_source() -> crate::status_http::Source {
+pub fn own_source() -> Source {
     Arc::new(current_status)
 }
 

@@ -12,14 +12,14 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use pyfcgi_proto::server::Limits;
 use pyfcgi_server::body::BodyConfig;
 use pyfcgi_server::builtin::BuiltinHandler;
 use pyfcgi_server::conn::ConnConfig;
 use pyfcgi_server::serve::ServeOutcome;
 use pyfcgi_server::transport::{StdinKind, inspect_stdin};
-use pyfcgi_server::{Bind, Listener, ServerConfig};
+use pyfcgi_server::{Listener, ServerConfig};
 use pyfcgi_settings::{Inputs, Settings};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -94,7 +94,7 @@ fn run(settings: &Settings, inputs: Inputs, log: LogPlace) -> Result<ServeOutcom
         crate::status_http::start(addr, crate::metrics::own_source())?;
     }
     // The transport first: a bad address is reported before a slow import, not after.
-    let listener = rt.block_on(open_listener(settings))?;
+    let listener = rt.block_on(crate::listen::open_listener(settings))?;
     let shutdown = CancellationToken::new();
     if let Some(builtin) = settings.builtin {
         info!(handler = ?builtin, "serving a built-in handler");
@@ -103,12 +103,7 @@ fn run(settings: &Settings, inputs: Inputs, log: LogPlace) -> Result<ServeOutcom
             settings.max_requests,
             shutdown.clone(),
         );
-        return Ok(rt.block_on(serve_async(
-            settings,
-            listener,
-            Arc::new(handler),
-            shutdown,
-        ))?);
+        return Ok(rt.block_on(serve_async(settings, listener, Arc::new(handler), shutdown))?);
     }
     #[cfg(not(feature = "python"))]
     {
@@ -304,7 +299,7 @@ fn explain_until_fixed(settings: &Settings, failure: &Failure, log: LogPlace) ->
     let page = failure.page(log);
     let result = (|| -> anyhow::Result<()> {
         let rt = runtime(1)?;
-        let listener = rt.block_on(open_listener(settings))?;
+        let listener = rt.block_on(crate::listen::open_listener(settings))?;
         let shutdown = CancellationToken::new();
         let _watcher = settings.app_root.as_deref().and_then(|root| {
             crate::lifecycle::RestartWatcher::start(
@@ -352,44 +347,6 @@ impl pyfcgi_server::Handler for ErrorPage {
             let _ = response.end(0).await;
         }
     }
-}
-
-/// Where to listen: `--bind`, else systemd's socket, else stdin.
-pub fn bind_of(settings: &Settings) -> anyhow::Result<Bind> {
-    if let Some(b) = &settings.bind {
-        return Ok(b.clone());
-    }
-    if let Some(fd) = systemd_socket() {
-        return Ok(Bind::Fd(fd));
-    }
-    if inspect_stdin().is_none() {
-        bail!(
-            "no --bind given and standard input is not a socket (nor IIS's named pipe); use e.g. --bind 127.0.0.1:9000 or --bind unix:/run/pyfcgi.sock"
-        );
-    }
-    Ok(Bind::Fd(0))
-}
-
-/// Opens the transport the settings name; the error says which address and why (a missing
-/// folder for a unix socket is named).
-pub async fn open_listener(settings: &Settings) -> anyhow::Result<Listener> {
-    let bind = bind_of(settings)?;
-    if let Bind::Unix(path) = &bind
-        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.is_dir()
-    {
-        bail!(
-            "cannot open transport {bind}: the folder {} does not exist (create it, or choose another --bind)",
-            dir.display()
-        );
-    }
-    Listener::bind(
-        &bind,
-        &unix_socket_options(settings)?,
-        settings.web_server_addrs.clone(),
-    )
-    .await
-    .with_context(|| format!("cannot open transport {bind}"))
 }
 
 async fn serve_async<H: pyfcgi_server::Handler>(
@@ -520,57 +477,6 @@ fn spawn_signal_watcher(shutdown: CancellationToken) -> anyhow::Result<()> {
         }
     });
     Ok(())
-}
-
-/// How to create a `unix:` socket file: `--socket-mode`, `--socket-owner`, `--socket-group`.
-pub(crate) fn unix_socket_options(
-    settings: &Settings,
-) -> anyhow::Result<pyfcgi_server::transport::UnixSocketOptions> {
-    #[cfg(unix)]
-    let (uid, gid) = (
-        settings
-            .socket_owner
-            .as_deref()
-            .map(|u| crate::supervisor::user_id(u).context("invalid --socket-owner"))
-            .transpose()?,
-        settings
-            .socket_group
-            .as_deref()
-            .map(|g| crate::supervisor::group_id(g).context("invalid --socket-group"))
-            .transpose()?,
-    );
-    #[cfg(windows)]
-    let (uid, gid) = {
-        if settings.socket_owner.is_some() || settings.socket_group.is_some() {
-            bail!(
-                "--socket-owner and --socket-group apply to unix sockets, which Windows does not use here"
-            );
-        }
-        (None, None)
-    };
-    Ok(pyfcgi_server::transport::UnixSocketOptions {
-        mode: Some(settings.socket_mode),
-        uid,
-        gid,
-    })
-}
-
-/// The socket systemd passed (socket activation: `LISTEN_PID` is this process and
-/// `LISTEN_FDS` at least 1): descriptor 3. Only the first one is used.
-pub(crate) fn systemd_socket() -> Option<i32> {
-    let pid: u32 = std::env::var("LISTEN_PID").ok()?.trim().parse().ok()?;
-    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.trim().parse().ok()?;
-    if pid != std::process::id() || fds == 0 {
-        return None;
-    }
-    if fds > 1 {
-        warn!(
-            fds,
-            "systemd passed several sockets (LISTEN_FDS); pyfcgi serves the first one only"
-        );
-    }
-    info!("using the socket systemd passed (socket activation)");
-    Some(3)
 }
 
 /// `--workers N`: the supervisor (Unix; IIS starts its own processes on Windows).

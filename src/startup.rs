@@ -97,7 +97,11 @@ pub fn failure_log(place: LogPlace, s: &Settings) -> LogPlace {
     let fallback = fallback_log(s.app_root.as_deref());
     match crate::logging::attach_file(&fallback, rotation(s)) {
         Ok(path) => {
-            info!("pyfcgi {} logging to {} (startup failure)", env!("CARGO_PKG_VERSION"), path.display());
+            info!(
+                "pyfcgi {} logging to {} (startup failure)",
+                env!("CARGO_PKG_VERSION"),
+                path.display()
+            );
             LogPlace::Fallback
         }
         Err(e) => {

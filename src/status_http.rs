@@ -6,15 +6,12 @@
 //! totals it keeps; the workers do not open it.
 
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 use tracing::{debug, info, warn};
 
-/// Produces the current status document.
-pub type Source = Arc<dyn Fn() -> Value + Send + Sync>;
+use crate::metrics::Source;
 
 /// Longest request head read (a status request is one short line and a few headers).
 const MAX_HEAD: usize = 16 * 1024;

@@ -154,7 +154,7 @@ pub fn main(args: &ServeSettings, workers: usize) -> anyhow::Result<u8> {
 async fn run(args: &ServeSettings, workers: usize) -> anyhow::Result<u8> {
     let bind = match &args.bind {
         Some(b) => b.clone(),
-        None if crate::serve::systemd_socket().is_some() => pyfcgi_server::Bind::Fd(3),
+        None if crate::listen::systemd_socket().is_some() => pyfcgi_server::Bind::Fd(3),
         None => match pyfcgi_server::transport::inspect_stdin() {
             Some(pyfcgi_server::transport::StdinKind::Listening) => pyfcgi_server::Bind::Fd(0),
             Some(_) => bail!(
@@ -167,7 +167,7 @@ async fn run(args: &ServeSettings, workers: usize) -> anyhow::Result<u8> {
     };
     let allow = args.web_server_addrs.clone();
     let listener =
-        pyfcgi_server::Listener::bind(&bind, &crate::serve::unix_socket_options(args)?, allow)
+        pyfcgi_server::Listener::bind(&bind, &crate::listen::unix_socket_options(args)?, allow)
             .await
             .with_context(|| format!("cannot open transport {bind}"))?;
     let fd = listener
@@ -738,59 +738,6 @@ fn backoff(n: u32) -> Duration {
     Duration::from_millis(100 << exp).min(Duration::from_secs(10))
 }
 
-/// A user name or numeric id as a uid (`--socket-owner`).
-pub fn user_id(name: &str) -> anyhow::Result<u32> {
-    if let Ok(id) = name.parse::<u32>() {
-        return Ok(id);
-    }
-    let c = std::ffi::CString::new(name).context("the name contains a NUL byte")?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: passwd is plain data; getpwnam_r fills it, pointing into `buf`, which outlives
-    // every use of it here.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and `buf.len()` is its real size.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            c.as_ptr(),
-            &raw mut pw,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &raw mut out,
-        )
-    };
-    if rc != 0 || out.is_null() {
-        bail!("no user named {name:?} on this machine");
-    }
-    Ok(pw.pw_uid)
-}
-
-/// A group name or numeric id as a gid (`--socket-group`).
-pub fn group_id(name: &str) -> anyhow::Result<u32> {
-    if let Ok(id) = name.parse::<u32>() {
-        return Ok(id);
-    }
-    let c = std::ffi::CString::new(name).context("the name contains a NUL byte")?;
-    let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: as in user_id, with getgrnam_r.
-    let mut gr: libc::group = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and `buf.len()` is its real size.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            c.as_ptr(),
-            &raw mut gr,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &raw mut out,
-        )
-    };
-    if rc != 0 || out.is_null() {
-        bail!("no group named {name:?} on this machine");
-    }
-    Ok(gr.gr_gid)
-}
-
 fn signal_pid(pid: u32, sig: i32) {
     if let Ok(pid) = libc::pid_t::try_from(pid)
         && pid > 0
@@ -814,16 +761,6 @@ fn describe(status: ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn users_and_groups_resolve_by_name_or_id() {
-        assert_eq!(user_id("root").unwrap(), 0);
-        assert_eq!(user_id("1234").unwrap(), 1234);
-        assert_eq!(group_id("root").unwrap(), 0);
-        let e = group_id("no-such-group-pyfcgi").unwrap_err().to_string();
-        assert!(e.contains("no group named"), "{e}");
-        assert!(user_id("no-such-user-pyfcgi").is_err());
-    }
 
     #[test]
     fn backoff_doubles_from_100_ms_up_to_10_s() {

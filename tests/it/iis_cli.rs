@@ -754,8 +754,9 @@ fn a_wfastcgi_site_is_migrated_and_the_old_handler_flagged() {
     let out = doctor(&dir, &["--no-import"]);
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     assert!(
-        out.stdout
-            .contains(&format!("PASS  application: hello.application (from web.config {root}/web.config: WSGI_HANDLER)")),
+        out.stdout.contains(&format!(
+            "PASS  application: hello.application (from web.config {root}/web.config: WSGI_HANDLER)"
+        )),
         "{}",
         out.stdout
     );
