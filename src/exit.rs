@@ -6,8 +6,8 @@ pub const STARTUP: u8 = 1;
 pub const SETTINGS: u8 = 2;
 /// The grace period ran out with requests in flight.
 pub const GRACE_TIMEOUT: u8 = 3;
-// 4: no usable Python (`python_home::EXIT_NO_PYTHON`, also without the `python` feature's
-// code being compiled).
+/// No usable Python (Windows: no python3XY.dll found, or one of another version).
+pub const NO_PYTHON: u8 = 4;
 /// `--workers`: workers kept failing before they were ready (`--crash-limit`).
 pub const CRASH_LOOP: u8 = 5;
 /// The application could not be loaded (import error, no app named, a venv that is not

@@ -57,7 +57,7 @@ pub struct Finisher(Arc<Outcome>);
 
 impl Finisher {
     /// Waits for the WSGI workers, or runs the ASGI lifespan shutdown. True when the process
-    /// must exit with [`crate::python_home::EXIT_NO_PYTHON`].
+    /// must exit with [`crate::exit::NO_PYTHON`].
     pub fn finish(self, grace: Duration) -> bool {
         let running = self
             .0

@@ -3,15 +3,14 @@
 //! in-flight request first. Under IIS an exiting process is simply replaced by a new one.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use anyhow::Context;
-use notify::{RecursiveMode, Watcher};
 use pyfcgi_server::{Handler, Request, ResponseWriter};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+pub use pyfcgi_supervisor::watch::RestartWatcher;
 
 /// wfastcgi's default WSGI_RESTART_FILE_REGEX.
 pub use pyfcgi_iis::webconfig::DEFAULT_RESTART_REGEX;
@@ -50,62 +49,6 @@ impl<H: Handler> Handler for MaxRequests<H> {
     }
 }
 
-/// Watches `root` recursively; the first change to a path matching `pattern` triggers a
-/// graceful shutdown after a short debounce (editors write files in several steps).
-pub struct RestartWatcher {
-    _watcher: notify::RecommendedWatcher,
-}
-
-impl RestartWatcher {
-    /// Starts watching. The regex is matched against the full path of each changed file.
-    pub fn start(root: &Path, pattern: &str, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let fired = Arc::new(AtomicBool::new(false));
-        Self::on_change(root, pattern, move |path| {
-            if fired.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            info!(path = %path.display(), "watched file changed: restarting after the in-flight request");
-            let shutdown = shutdown.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(300));
-                shutdown.cancel();
-            });
-        })
-    }
-
-    /// Calls `f` (on the watcher's thread) for every created, modified or removed file under
-    /// `root` whose full path matches `pattern`.
-    pub fn on_change(
-        root: &Path,
-        pattern: &str,
-        f: impl Fn(&Path) + Send + 'static,
-    ) -> anyhow::Result<Self> {
-        let regex = regex::Regex::new(pattern).with_context(|| {
-            format!("invalid restart regex {pattern:?} (WSGI_RESTART_FILE_REGEX / --restart-regex)")
-        })?;
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let Ok(event) = event else { return };
-                if !(event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove()) {
-                    return;
-                }
-                if let Some(path) = event
-                    .paths
-                    .iter()
-                    .find(|p| regex.is_match(&p.to_string_lossy()))
-                {
-                    f(path);
-                }
-            })
-            .context("cannot start the file watcher")?;
-        watcher
-            .watch(root, RecursiveMode::Recursive)
-            .with_context(|| format!("cannot watch {}", root.display()))?;
-        info!(root = %root.display(), pattern, "watching for file changes");
-        Ok(Self { _watcher: watcher })
-    }
-}
-
 /// Keeps watchers started later (when the first request names the app folder).
 #[derive(Default, Clone)]
 pub struct WatcherSlot(Arc<Mutex<Vec<RestartWatcher>>>);
@@ -119,7 +62,7 @@ impl WatcherSlot {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(w),
-            Err(e) => warn!("{e:#}; changes will not restart the process"),
+            Err(e) => warn!("{e}; changes will not restart the process"),
         }
     }
 }

@@ -12,16 +12,12 @@ mod lazy;
 mod lifecycle;
 mod listen;
 mod logging;
-mod metrics;
 #[cfg(feature = "python")]
 mod python;
 #[cfg(feature = "python")]
 mod python_home;
 mod serve;
 mod startup;
-mod status_http;
-#[cfg(unix)]
-mod supervisor;
 
 use std::process::ExitCode;
 
@@ -167,7 +163,7 @@ fn check_main(args: CheckArgs) -> ExitCode {
     let python = startup::python_settings(&res.settings);
     if let Err(nf) = python_home::ensure_loaded(&python::hints(&python, Some(&args.app))) {
         eprintln!("pyfcgi check: {}", nf.diagnosis());
-        return ExitCode::from(python_home::EXIT_NO_PYTHON);
+        return ExitCode::from(exit::NO_PYTHON);
     }
     match python::resolve(&args.app, &python, &res.settings.app_env) {
         Ok((pyfcgi_python::AppState::Loaded(_), report)) => {

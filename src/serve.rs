@@ -91,7 +91,8 @@ fn run(settings: &Settings, inputs: Inputs, log: LogPlace) -> Result<ServeOutcom
         && !is_supervised_worker()
     {
         // Up before the app is imported, to say "not ready" meanwhile.
-        crate::status_http::start(addr, crate::metrics::own_source())?;
+        pyfcgi_status::http::start(addr, pyfcgi_status::own_source())
+            .map_err(anyhow::Error::from)?;
     }
     // The transport first: a bad address is reported before a slow import, not after.
     let listener = rt.block_on(crate::listen::open_listener(settings))?;
@@ -261,14 +262,14 @@ fn serve_lazy(
     } else {
         std::time::Duration::ZERO
     }) {
-        return Err(Exit(crate::python_home::EXIT_NO_PYTHON));
+        return Err(Exit(crate::exit::NO_PYTHON));
     }
     Ok(outcome?)
 }
 
 /// No usable Python under IIS: the pending request (IIS sends one as it starts the process)
 /// gets a 500 page saying what to fix, then the process exits with
-/// [`crate::python_home::EXIT_NO_PYTHON`] (a new process may find a fixed installation).
+/// [`crate::exit::NO_PYTHON`] (a new process may find a fixed installation).
 #[cfg(feature = "python")]
 fn serve_without_python(
     rt: &tokio::runtime::Runtime,
@@ -289,7 +290,7 @@ fn serve_without_python(
         Arc::new(handler),
         shutdown,
     ));
-    Err(Exit(crate::python_home::EXIT_NO_PYTHON))
+    Err(Exit(crate::exit::NO_PYTHON))
 }
 
 /// Invalid settings under IIS: every request gets the page saying so until web.config (or
@@ -367,20 +368,20 @@ async fn serve_async<H: pyfcgi_server::Handler>(
     // Metrics when someone reads them (the status path, the supervisor); the access log.
     let mut observers: Vec<Arc<dyn pyfcgi_server::observe::Observer>> = Vec::new();
     if settings.status_path.is_some() || settings.status_bind.is_some() || is_supervised_worker() {
-        observers.push(Arc::clone(crate::metrics::global()) as _);
+        observers.push(Arc::clone(pyfcgi_status::global()) as _);
     }
     if let Some(target) = &settings.access_log {
         let format = settings
             .access_log_format
             .as_deref()
-            .unwrap_or(crate::metrics::DEFAULT_ACCESS_FORMAT);
-        let log = crate::metrics::AccessLog::open(target, format)?;
+            .unwrap_or(pyfcgi_status::DEFAULT_ACCESS_FORMAT);
+        let log = pyfcgi_status::AccessLog::open(target, format)?;
         observers.push(Arc::new(log));
     }
     let observer: Option<Arc<dyn pyfcgi_server::observe::Observer>> = match observers.len() {
         0 => None,
         1 => observers.pop(),
-        _ => Some(Arc::new(crate::metrics::Observers(observers))),
+        _ => Some(Arc::new(pyfcgi_status::Observers(observers))),
     };
     let config = ServerConfig {
         conn: ConnConfig {
@@ -406,22 +407,24 @@ async fn serve_async<H: pyfcgi_server::Handler>(
         "pyfcgi {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    crate::metrics::set_ready();
+    pyfcgi_status::set_ready();
     #[cfg(unix)]
-    crate::supervisor::notify_ready();
+    pyfcgi_supervisor::message::notify_ready();
+    #[cfg(unix)]
     if is_supervised_worker() {
-        crate::metrics::spawn_stats_pusher();
+        pyfcgi_supervisor::message::spawn_stats_pusher();
     }
     let outcome = match &settings.status_path {
         Some(path) => {
-            let handler = Arc::new(crate::metrics::StatusHandler::new(handler, path.clone()));
+            let handler = Arc::new(pyfcgi_status::StatusHandler::new(handler, path.clone()));
             pyfcgi_server::serve(listener, handler, config, shutdown).await?
         }
         None => pyfcgi_server::serve(listener, handler, config, shutdown).await?,
     };
+    #[cfg(unix)]
     if is_supervised_worker() {
         // The last counters, so the supervisor's totals keep every request served here.
-        let _ = crate::metrics::push_stats();
+        let _ = pyfcgi_supervisor::message::push_stats();
     }
     info!(?outcome, "pyfcgi stopped");
     Ok(outcome)
@@ -482,8 +485,10 @@ fn spawn_signal_watcher(shutdown: CancellationToken) -> anyhow::Result<()> {
 /// `--workers N`: the supervisor (Unix; IIS starts its own processes on Windows).
 #[cfg(unix)]
 fn supervise(settings: &Settings, workers: usize) -> ExitCode {
-    match crate::supervisor::main(settings, workers) {
-        Ok(code) => ExitCode::from(code),
+    match supervise_inner(settings, workers) {
+        Ok(pyfcgi_supervisor::Outcome::Stopped) => ExitCode::SUCCESS,
+        Ok(pyfcgi_supervisor::Outcome::CrashLoop) => ExitCode::from(exit::CRASH_LOOP),
+        Ok(pyfcgi_supervisor::Outcome::WorkerFailed(code)) => ExitCode::from(code),
         Err(e) => {
             error!("{e:#}");
             ExitCode::from(exit::STARTUP)
@@ -491,9 +496,90 @@ fn supervise(settings: &Settings, workers: usize) -> ExitCode {
     }
 }
 
+/// Opens the shared socket, then runs the supervisor on it; the listener (and a unix socket
+/// file) lives until the supervisor is done.
+#[cfg(unix)]
+fn supervise_inner(
+    settings: &Settings,
+    workers: usize,
+) -> anyhow::Result<pyfcgi_supervisor::Outcome> {
+    use pyfcgi_server::transport::StdinKind;
+    if settings.bind.is_none()
+        && crate::listen::systemd_socket().is_none()
+        && matches!(inspect_stdin(), Some(StdinKind::Connected))
+    {
+        anyhow::bail!(
+            "--workers does not apply to a connected stdin (IIS starts one process per instance; set the FastCGI maxInstances instead)"
+        );
+    }
+    if settings.bind.is_none()
+        && crate::listen::systemd_socket().is_none()
+        && inspect_stdin().is_none()
+    {
+        anyhow::bail!(
+            "--workers needs a socket to share: give --bind (e.g. --bind unix:/run/pyfcgi.sock or --bind 127.0.0.1:9000)"
+        );
+    }
+    let rt = runtime(1)?;
+    rt.block_on(async {
+        let listener = crate::listen::open_listener(settings).await?;
+        let fd = listener
+            .listening_fd()
+            .context("the transport is not a listening socket")?
+            .try_clone_to_owned()
+            .context("cannot duplicate the listening socket")?;
+        let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        // The workers share the supervisor's socket, handed over as their stdin.
+        argv.extend(["--bind".into(), "fd:0".into()]);
+        let config = pyfcgi_supervisor::Config {
+            workers,
+            graceful_timeout: settings.graceful_timeout,
+            max_requests: settings.max_requests,
+            max_requests_jitter: settings.max_requests_jitter,
+            max_rss_mib: settings.max_rss_mib,
+            worker_lifetime: settings.worker_lifetime.unwrap_or_default(),
+            crash_limit: settings.crash_limit,
+            ready_timeout: settings.ready_timeout,
+            argv,
+            status_path: settings.status_path.is_some(),
+            status_bind: settings.status_bind.clone(),
+            reload_dirs: if settings.reload {
+                reload_dirs(settings)
+            } else {
+                Vec::new()
+            },
+            fatal_exit_codes: vec![exit::APP_LOAD, exit::NO_PYTHON],
+        };
+        let outcome = pyfcgi_supervisor::run(config, fd, &listener.describe()).await?;
+        drop(listener);
+        Ok(outcome)
+    })
+}
+
+/// `--reload` watches `--app-root`, else `--chdir`, else the folder of an APP given as a
+/// `.py` path, else the working directory.
+#[cfg(unix)]
+fn reload_dirs(settings: &Settings) -> Vec<std::path::PathBuf> {
+    let app_file_dir = settings
+        .app
+        .as_deref()
+        .and_then(|s| s.split_once(':').map(|(f, _)| std::path::Path::new(f)))
+        .filter(|f| f.extension().is_some_and(|e| e == "py"))
+        .and_then(|f| std::path::absolute(f).ok())
+        .and_then(|f| f.parent().map(std::path::Path::to_path_buf));
+    settings
+        .app_root
+        .clone()
+        .or_else(|| settings.python.chdir.clone())
+        .or(app_file_dir)
+        .or_else(|| std::env::current_dir().ok())
+        .into_iter()
+        .collect()
+}
+
 #[cfg(unix)]
 fn is_supervised_worker() -> bool {
-    crate::supervisor::is_worker()
+    pyfcgi_supervisor::message::is_worker()
 }
 
 #[cfg(windows)]

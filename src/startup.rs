@@ -217,7 +217,7 @@ impl Failure {
         match self {
             Self::Settings { .. } => exit::SETTINGS,
             #[cfg(feature = "python")]
-            Self::NoPython(_) => crate::python_home::EXIT_NO_PYTHON,
+            Self::NoPython(_) => crate::exit::NO_PYTHON,
             Self::NoApp(_) | Self::Load(_) => exit::APP_LOAD,
             Self::Other(_) => exit::STARTUP,
         }
@@ -392,6 +392,8 @@ mod app {
     /// Finds Python, imports the app and starts its host (the WSGI worker pool or the ASGI
     /// event loop), as the settings say.
     pub fn start_app(s: &Settings, ctx: &Ctx) -> Result<Started, Failure> {
+        // The status document's queue depth is the WSGI pool's queue.
+        pyfcgi_status::set_queue_depth(pyfcgi_python::pool::queued);
         let python = python_settings(s);
         let spec = s.app.clone().ok_or_else(|| {
             Failure::NoApp(match &s.app_root {

@@ -31,9 +31,6 @@ pub use windows::{ensure_loaded, found_description};
 
 pub use search::{Hints, NotFound};
 
-/// Exit code of `serve` and `check` when no usable Python was found (docs/configuration.md).
-pub const EXIT_NO_PYTHON: u8 = 4;
-
 /// The CPython version this binary was built for, like `3.11`.
 pub const BUILT_FOR: &str = env!("PYFCGI_PYTHON_BUILT");
 

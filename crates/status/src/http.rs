@@ -8,9 +8,9 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use tracing::{debug, info, warn};
 
+use crate::StatusError;
 use crate::metrics::Source;
 
 /// Longest request head read (a status request is one short line and a few headers).
@@ -45,7 +45,7 @@ impl Stream for std::os::unix::net::UnixStream {
 
 /// Opens `addr` (`HOST:PORT` or `unix:PATH`) and answers status requests from `source` on a
 /// background thread for the rest of the process's life. Returns the address listened on.
-pub fn start(addr: &str, source: Source) -> anyhow::Result<String> {
+pub fn start(addr: &str, source: Source) -> Result<String, StatusError> {
     let listener = bind(addr)?;
     let shown = match &listener {
         StatusListener::Tcp(l) => l
@@ -57,35 +57,50 @@ pub fn start(addr: &str, source: Source) -> anyhow::Result<String> {
     std::thread::Builder::new()
         .name("pyfcgi-status".into())
         .spawn(move || serve(&listener, &source))
-        .context("cannot start the --status-bind thread")?;
+        .map_err(|source| StatusError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })?;
     info!(listen = %shown, "status listener (--status-bind) up");
     Ok(shown)
 }
 
-fn bind(addr: &str) -> anyhow::Result<StatusListener> {
+fn bind(addr: &str) -> Result<StatusListener, StatusError> {
     if let Some(path) = addr.strip_prefix("unix:") {
         #[cfg(unix)]
         {
             let path = std::path::PathBuf::from(path);
-            pyfcgi_server::transport::unix::clear_stale_socket(&path)
-                .with_context(|| format!("cannot open --status-bind {addr}"))?;
-            let l = std::os::unix::net::UnixListener::bind(&path)
-                .with_context(|| format!("cannot open --status-bind {addr}"))?;
+            pyfcgi_server::transport::unix::clear_stale_socket(&path).map_err(|e| {
+                StatusError::Bind {
+                    addr: addr.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
+            let l = std::os::unix::net::UnixListener::bind(&path).map_err(|source| {
+                StatusError::Bind {
+                    addr: addr.to_owned(),
+                    source,
+                }
+            })?;
             return Ok(StatusListener::Unix(l, path));
         }
         #[cfg(windows)]
         {
             let _ = path;
-            bail!(
-                "--status-bind {addr}: unix sockets are not supported on Windows; give HOST:PORT"
-            );
+            return Err(StatusError::BadAddress(format!(
+                "{addr}: unix sockets are not supported on Windows; give HOST:PORT"
+            )));
         }
     }
     if !addr.contains(':') {
-        bail!("--status-bind {addr:?} is not HOST:PORT (e.g. 127.0.0.1:9101) or unix:PATH");
+        return Err(StatusError::BadAddress(format!(
+            "{addr:?} is not HOST:PORT (e.g. 127.0.0.1:9101) or unix:PATH"
+        )));
     }
-    let l = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot open --status-bind {addr}"))?;
+    let l = std::net::TcpListener::bind(addr).map_err(|source| StatusError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
     Ok(StatusListener::Tcp(l))
 }
 

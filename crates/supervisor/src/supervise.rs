@@ -2,8 +2,8 @@
 //! worker processes on it (each is `pyfcgi serve` itself, with its own interpreter, given the
 //! socket on stdin the FastCGI way). The supervisor never starts Python.
 //!
-//! - A worker reports that it is ready (the app imported, about to accept) with one line on
-//!   its stdout, the control channel ([`notify_ready`]).
+//! - A worker reports that it is ready (the app imported, about to accept) and, once a
+//!   second, its counters, as typed messages on its stdout ([`crate::message`]).
 //! - A worker that exits is replaced: at once after a clean exit (`--max-requests`), after an
 //!   exponential backoff after a crash. Workers that keep failing before they are ready
 //!   (`--crash-limit` times in a row) stop the supervisor with the last worker's failure.
@@ -22,61 +22,52 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use pyfcgi_settings::Settings as ServeSettings;
+use crate::SupervisorError;
+use crate::message::{WORKER_ENV, WorkerMessage};
+use crate::watch::RestartWatcher;
 
-/// Set in a worker's environment: serve as a worker (report readiness; never supervise).
-pub const WORKER_ENV: &str = "PYFCGI_SUPERVISED";
-/// The line a worker writes on its stdout once it is ready.
-const READY_LINE: &str = "\u{1e}pyfcgi-ready";
-
-/// True in a process the supervisor started.
-pub fn is_worker() -> bool {
-    std::env::var_os(WORKER_ENV).is_some()
-}
-
-/// Tells the supervisor (if any) that this worker is ready to take requests.
-pub fn notify_ready() {
-    use std::io::Write;
-    if is_worker() {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{READY_LINE}");
-        let _ = out.flush();
-    }
-}
-
-/// What the supervisor was asked for.
+/// What the supervisor is asked for.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct Config {
     pub workers: usize,
     pub graceful_timeout: Duration,
     pub max_requests: u64,
     pub max_requests_jitter: u64,
     pub max_rss_mib: u64,
+    /// Zero: never.
     pub worker_lifetime: Duration,
     pub crash_limit: u32,
     pub ready_timeout: Duration,
+    /// The worker command line after the executable: `serve`, the user's arguments and
+    /// `--bind fd:0` (the workers get the socket on stdin).
+    pub argv: Vec<OsString>,
+    /// `--status-path`: the workers serve the aggregate status (from a file the supervisor
+    /// writes).
+    pub status_path: bool,
+    /// `--status-bind`: the supervisor serves the aggregate status on this address.
+    pub status_bind: Option<String>,
+    /// `--reload`: folders whose `.py` files trigger a rolling restart.
+    pub reload_dirs: Vec<std::path::PathBuf>,
+    /// Exit codes that, from a worker of the first generation before it is ready, stop the
+    /// supervisor at once with that code (every worker would fail the same way).
+    pub fatal_exit_codes: Vec<u8>,
 }
 
-impl Settings {
-    pub fn from_settings(s: &ServeSettings, workers: usize) -> Self {
-        Self {
-            workers,
-            graceful_timeout: s.graceful_timeout,
-            max_requests: s.max_requests,
-            max_requests_jitter: s.max_requests_jitter,
-            max_rss_mib: s.max_rss_mib,
-            worker_lifetime: s.worker_lifetime.unwrap_or_default(),
-            crash_limit: s.crash_limit,
-            ready_timeout: s.ready_timeout,
-        }
-    }
+/// How the supervisor ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped by a signal; the workers finished.
+    Stopped,
+    /// Workers failed `crash_limit` times in a row before they were ready.
+    CrashLoop,
+    /// A first worker exited with one of [`Config::fatal_exit_codes`] before it was ready.
+    WorkerFailed(u8),
 }
 
 enum Event {
@@ -106,9 +97,7 @@ enum Stopping {
 }
 
 struct Supervisor {
-    settings: Settings,
-    /// The worker command line: this binary, `serve` and the user's arguments.
-    argv: Vec<OsString>,
+    settings: Config,
     listener: std::os::fd::OwnedFd,
     workers: HashMap<u64, Worker>,
     next_id: u64,
@@ -134,7 +123,7 @@ struct Supervisor {
     /// `--status-bind`: the aggregate status the supervisor's own listener serves.
     status_doc: Option<Arc<Mutex<serde_json::Value>>>,
     /// The counters of workers that have exited, so the totals never go down.
-    departed: crate::metrics::Totals,
+    departed: pyfcgi_status::Totals,
     /// Some worker has been ready since the supervisor started.
     ever_ready: bool,
     /// The exit code to stop with: a first worker could not load the application (the same
@@ -142,60 +131,37 @@ struct Supervisor {
     fatal: Option<u8>,
 }
 
-/// Runs the supervisor until it is stopped; returns the process exit code.
-pub fn main(args: &ServeSettings, workers: usize) -> anyhow::Result<u8> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the supervisor's runtime")?;
-    rt.block_on(run(args, workers))
-}
-
-async fn run(args: &ServeSettings, workers: usize) -> anyhow::Result<u8> {
-    let bind = match &args.bind {
-        Some(b) => b.clone(),
-        None if crate::listen::systemd_socket().is_some() => pyfcgi_server::Bind::Fd(3),
-        None => match pyfcgi_server::transport::inspect_stdin() {
-            Some(pyfcgi_server::transport::StdinKind::Listening) => pyfcgi_server::Bind::Fd(0),
-            Some(_) => bail!(
-                "--workers does not apply to a connected stdin (IIS starts one process per instance; set the FastCGI maxInstances instead)"
-            ),
-            None => bail!(
-                "--workers needs a socket to share: give --bind (e.g. --bind unix:/run/pyfcgi.sock or --bind 127.0.0.1:9000)"
-            ),
-        },
-    };
-    let allow = args.web_server_addrs.clone();
-    let listener =
-        pyfcgi_server::Listener::bind(&bind, &crate::listen::unix_socket_options(args)?, allow)
-            .await
-            .with_context(|| format!("cannot open transport {bind}"))?;
-    let fd = listener
-        .listening_fd()
-        .context("the transport is not a listening socket")?
-        .try_clone_to_owned()
-        .context("cannot duplicate the listening socket")?;
-    let settings = Settings::from_settings(args, workers);
+/// Runs the supervisor on `listener` (a listening socket, kept open in the supervisor all
+/// along) until it is stopped. `listen` describes it for the log.
+pub async fn run(
+    config: Config,
+    listener: std::os::fd::OwnedFd,
+    listen: &str,
+) -> Result<Outcome, SupervisorError> {
     info!(
         pid = std::process::id(),
-        workers,
-        listen = %listener.describe(),
+        workers = config.workers,
+        listen,
         "pyfcgi {} supervisor starting",
         env!("CARGO_PKG_VERSION")
     );
-    let mut worker_argv: Vec<OsString> = std::env::args_os().skip(1).collect();
-    // The workers share the supervisor's socket, handed over as their stdin.
-    worker_argv.push("--bind".into());
-    worker_argv.push("fd:0".into());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let seed = u64::from(std::process::id())
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let status_bind = config.status_bind.clone();
+    let reload_dirs = config.reload_dirs.clone();
     let mut sup = Supervisor {
-        settings,
-        argv: worker_argv,
-        listener: fd,
+        status_file: config.status_path.then(|| {
+            std::env::temp_dir().join(format!("pyfcgi-status-{}.json", std::process::id()))
+        }),
+        status_doc: config
+            .status_bind
+            .as_ref()
+            .map(|_| Arc::new(Mutex::new(serde_json::Value::Null))),
+        settings: config,
+        listener,
         workers: HashMap::new(),
         next_id: 1,
         events: tx,
@@ -209,41 +175,36 @@ async fn run(args: &ServeSettings, workers: usize) -> anyhow::Result<u8> {
         seed,
         restarts: 0,
         started: Instant::now(),
-        status_file: args.status_path.as_ref().map(|_| {
-            std::env::temp_dir().join(format!("pyfcgi-status-{}.json", std::process::id()))
-        }),
-        status_doc: args
-            .status_bind
-            .as_ref()
-            .map(|_| Arc::new(Mutex::new(serde_json::Value::Null))),
-        departed: crate::metrics::Totals::default(),
+        departed: pyfcgi_status::Totals::default(),
         ever_ready: false,
         fatal: None,
     };
     sup.write_status();
-    if let (Some(addr), Some(doc)) = (&args.status_bind, &sup.status_doc) {
+    if let (Some(addr), Some(doc)) = (&status_bind, &sup.status_doc) {
         let doc = Arc::clone(doc);
-        crate::status_http::start(
+        pyfcgi_status::http::start(
             addr,
             Arc::new(move || doc.lock().unwrap_or_else(PoisonError::into_inner).clone()),
         )?;
     }
     // Watching first: a change made while the first workers start is not missed.
-    let _watchers = if args.reload {
-        reload_watchers(args, &sup.events)
-    } else {
-        Vec::new()
-    };
+    let _watchers = reload_watchers(&reload_dirs, &sup.events);
     for _ in 0..sup.settings.workers {
         sup.spawn()?;
     }
     sup.restarts = 0;
     let mut reload_at: Option<Instant> = None;
     let mut ticks: u64 = 0;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut quit = signal(SignalKind::quit())?;
+    let watch = |kind| {
+        signal(kind).map_err(|source| SupervisorError::Io {
+            what: "cannot watch signals",
+            source,
+        })
+    };
+    let mut term = watch(SignalKind::terminate())?;
+    let mut int = watch(SignalKind::interrupt())?;
+    let mut hup = watch(SignalKind::hangup())?;
+    let mut quit = watch(SignalKind::quit())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut stop_deadline: Option<Instant> = None;
     let code = loop {
@@ -296,11 +257,11 @@ async fn run(args: &ServeSettings, workers: usize) -> anyhow::Result<u8> {
         if sup.stopping != Stopping::No {
             if sup.workers.is_empty() {
                 break if let Some(code) = sup.fatal {
-                    code
+                    Outcome::WorkerFailed(code)
                 } else if sup.startup_failures >= sup.settings.crash_limit {
-                    crate::exit::CRASH_LOOP
+                    Outcome::CrashLoop
                 } else {
-                    0
+                    Outcome::Stopped
                 };
             }
             if stop_deadline.is_some_and(|d| Instant::now() >= d) {
@@ -312,11 +273,10 @@ async fn run(args: &ServeSettings, workers: usize) -> anyhow::Result<u8> {
                 stop_deadline = None;
             }
         } else if let Err(e) = sup.advance() {
-            error!("{e:#}");
+            error!("{e}");
             sup.stop(Stopping::Graceful, &mut stop_deadline, "error");
         }
     };
-    drop(listener);
     if let Some(f) = &sup.status_file {
         let _ = std::fs::remove_file(f);
     }
@@ -326,12 +286,15 @@ async fn run(args: &ServeSettings, workers: usize) -> anyhow::Result<u8> {
 
 impl Supervisor {
     /// Starts one worker.
-    fn spawn(&mut self) -> anyhow::Result<u64> {
+    fn spawn(&mut self) -> Result<u64, SupervisorError> {
         let id = self.next_id;
         self.next_id += 1;
-        let exe = std::env::current_exe().context("cannot find pyfcgi's own executable")?;
+        let exe = std::env::current_exe().map_err(|source| SupervisorError::Io {
+            what: "cannot find pyfcgi's own executable",
+            source,
+        })?;
         let mut cmd = Command::new(exe);
-        cmd.args(&self.argv);
+        cmd.args(&self.settings.argv);
         if self.settings.max_requests > 0 && self.settings.max_requests_jitter > 0 {
             // Spread the recycling so the workers do not all restart at once.
             self.seed = self
@@ -346,9 +309,12 @@ impl Supervisor {
             .listener
             .as_fd()
             .try_clone_to_owned()
-            .context("cannot duplicate the listening socket for a worker")?;
+            .map_err(|source| SupervisorError::Io {
+                what: "cannot duplicate the listening socket for a worker",
+                source,
+            })?;
         if let Some(f) = &self.status_file {
-            cmd.env(crate::metrics::STATUS_FILE_ENV, f);
+            cmd.env(pyfcgi_status::STATUS_FILE_ENV, f);
         }
         cmd.stdin(Stdio::from(stdin))
             .stdout(Stdio::piped())
@@ -370,7 +336,10 @@ impl Supervisor {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().context("cannot start a worker process")?;
+        let mut child = cmd.spawn().map_err(|source| SupervisorError::Io {
+            what: "cannot start a worker process",
+            source,
+        })?;
         let pid = child.id().unwrap_or_default();
         info!(worker = id, pid, "worker started");
         self.restarts += 1;
@@ -400,21 +369,21 @@ impl Supervisor {
         }
         let mut ids: Vec<&u64> = self.workers.keys().collect();
         ids.sort();
-        let views: Vec<crate::metrics::WorkerView> = ids
+        let views: Vec<pyfcgi_status::WorkerView> = ids
             .into_iter()
             .filter_map(|id| {
                 let w = self.workers.get(id)?;
-                Some(crate::metrics::WorkerView {
+                Some(pyfcgi_status::WorkerView {
                     id: *id,
                     pid: w.pid,
                     ready: w.ready && !w.retiring,
-                    rss_mib: crate::metrics::rss_mib(w.pid),
+                    rss_mib: pyfcgi_status::rss_mib(w.pid),
                     uptime_s: w.started.elapsed().as_secs_f64(),
                     stats: w.stats.clone(),
                 })
             })
             .collect();
-        let doc = crate::metrics::status(
+        let doc = pyfcgi_status::status(
             &views,
             &self.departed,
             self.restarts,
@@ -505,7 +474,9 @@ impl Supervisor {
         let code = status.as_ref().ok().and_then(ExitStatus::code);
         if !w.ready
             && !self.ever_ready
-            && code.is_some_and(|c| c == i32::from(crate::exit::APP_LOAD) || c == 4)
+            && let Some(fatal) = code
+                .and_then(|c| u8::try_from(c).ok())
+                .filter(|c| self.settings.fatal_exit_codes.contains(c))
         {
             // Every worker would fail the same way: say so now rather than after
             // --crash-limit retries, with the code `serve` alone exits with.
@@ -514,7 +485,7 @@ impl Supervisor {
                 pid = w.pid,
                 "the worker {how} before it was ready: the application cannot be loaded (see above); stopping"
             );
-            self.fatal = code.and_then(|c| u8::try_from(c).ok());
+            self.fatal = Some(fatal);
             self.last_failure = how;
             return;
         }
@@ -549,13 +520,12 @@ impl Supervisor {
     }
 
     /// Starts due workers, the next replacement, and gives up on a crash loop.
-    fn advance(&mut self) -> anyhow::Result<()> {
+    fn advance(&mut self) -> Result<(), SupervisorError> {
         if self.startup_failures >= self.settings.crash_limit {
-            bail!(
-                "workers failed to start {} times in a row (--crash-limit); the last one {}. Fix the application (see the log above) and start pyfcgi again",
-                self.startup_failures,
-                self.last_failure
-            );
+            return Err(SupervisorError::CrashLoop {
+                failures: self.startup_failures,
+                last: self.last_failure.clone(),
+            });
         }
         let now = Instant::now();
         let due = self.pending_starts.iter().filter(|t| **t <= now).count();
@@ -622,7 +592,7 @@ impl Supervisor {
                 continue;
             }
             if self.settings.max_rss_mib > 0
-                && let Some(rss) = crate::metrics::rss_mib(w.pid)
+                && let Some(rss) = pyfcgi_status::rss_mib(w.pid)
                 && rss > self.settings.max_rss_mib
             {
                 over.push((
@@ -675,33 +645,17 @@ impl Supervisor {
 
 /// `--reload`: watchers of the app's folders, reporting `.py` changes.
 fn reload_watchers(
-    args: &ServeSettings,
+    dirs: &[std::path::PathBuf],
     events: &mpsc::UnboundedSender<Event>,
-) -> Vec<crate::lifecycle::RestartWatcher> {
-    // --app-root, else --chdir, else the folder of an APP given as a .py path, else the
-    // working directory.
-    let spec = args.app.as_deref();
-    let app_file_dir = spec
-        .and_then(|s| s.split_once(':').map(|(f, _)| std::path::Path::new(f)))
-        .filter(|f| f.extension().is_some_and(|e| e == "py"))
-        .and_then(|f| std::path::absolute(f).ok())
-        .and_then(|f| f.parent().map(std::path::Path::to_path_buf));
-    let dirs: Vec<std::path::PathBuf> = args
-        .app_root
-        .clone()
-        .or_else(|| args.python.chdir.clone())
-        .or(app_file_dir)
-        .or_else(|| std::env::current_dir().ok())
-        .into_iter()
-        .collect();
+) -> Vec<RestartWatcher> {
     let mut watchers = Vec::new();
     for dir in dirs {
         let tx = events.clone();
-        match crate::lifecycle::RestartWatcher::on_change(&dir, r"\.py$", move |path| {
+        match RestartWatcher::on_change(dir, r"\.py$", move |path| {
             let _ = tx.send(Event::Changed(path.to_owned()));
         }) {
             Ok(w) => watchers.push(w),
-            Err(e) => warn!("--reload: {e:#}"),
+            Err(e) => warn!("--reload: {e}"),
         }
     }
     watchers
@@ -717,12 +671,11 @@ async fn watch(
     if let Some(out) = stdout {
         let mut lines = BufReader::new(out).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if line == READY_LINE {
-                let _ = tx.send(Event::Ready(id));
-            } else if let Some(json) = line.strip_prefix(crate::metrics::STATS_PREFIX) {
-                if let Ok(v) = serde_json::from_str(json) {
-                    let _ = tx.send(Event::Stats(id, v));
-                }
+            if let Some(message) = WorkerMessage::decode(&line) {
+                let _ = tx.send(match message {
+                    WorkerMessage::Ready => Event::Ready(id),
+                    WorkerMessage::Stats { stats } => Event::Stats(id, stats),
+                });
             } else if !line.is_empty() {
                 // Something in the worker wrote to its stdout (a C extension, say).
                 info!(worker = id, "stdout: {line}");
@@ -775,6 +728,6 @@ mod tests {
 
     #[test]
     fn rss_of_this_process_is_known() {
-        assert!(crate::metrics::rss_mib(std::process::id()).is_some_and(|m| m > 0));
+        assert!(pyfcgi_status::rss_mib(std::process::id()).is_some_and(|m| m > 0));
     }
 }
