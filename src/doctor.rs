@@ -718,12 +718,12 @@ fn embedded_python(_site: &Site, _venv: Option<PathBuf>) -> EmbeddedPython {
 #[cfg(feature = "python")]
 fn embedded_python(site: &Site, venv: Option<PathBuf>) -> EmbeddedPython {
     use pyo3::types::PyAnyMethods;
-    let hints = crate::python_home::Hints {
+    let hints = pyfcgi_pyhome::Hints {
         explicit: site.settings.get("PYFCGI_PYTHON_HOME").map(PathBuf::from),
         venv,
         app_dirs: vec![site.root.clone()],
     };
-    if let Err(nf) = crate::python_home::ensure_loaded(&hints) {
+    if let Err(nf) = pyfcgi_pyhome::ensure_loaded(&hints) {
         return EmbeddedPython {
             version: Err(nf.diagnosis()),
             base_prefix: String::new(),

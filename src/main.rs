@@ -14,8 +14,6 @@ mod listen;
 mod logging;
 #[cfg(feature = "python")]
 mod python;
-#[cfg(feature = "python")]
-mod python_home;
 mod serve;
 mod startup;
 
@@ -96,16 +94,16 @@ fn version_report() -> String {
     );
     #[cfg(feature = "python")]
     {
-        let hints = python_home::Hints {
+        let hints = pyfcgi_pyhome::Hints {
             venv: std::env::var_os("PYFCGI_VENV").map(std::path::PathBuf::from),
             explicit: std::env::var_os("PYFCGI_PYTHON_HOME").map(std::path::PathBuf::from),
             app_dirs: std::env::current_dir().into_iter().collect(),
         };
-        let _ = writeln!(s, "python built for: CPython {}", python_home::BUILT_FOR);
+        let _ = writeln!(s, "python built for: CPython {}", pyfcgi_pyhome::BUILT_FOR);
         let _ = writeln!(
             s,
             "python found: {}",
-            python_home::found_description(&hints)
+            pyfcgi_pyhome::found_description(&hints)
         );
     }
     #[cfg(not(feature = "python"))]
@@ -161,7 +159,7 @@ fn check_main(args: CheckArgs) -> ExitCode {
         return ExitCode::from(exit::SETTINGS);
     }
     let python = startup::python_settings(&res.settings);
-    if let Err(nf) = python_home::ensure_loaded(&python::hints(&python, Some(&args.app))) {
+    if let Err(nf) = pyfcgi_pyhome::ensure_loaded(&python::hints(&python, Some(&args.app))) {
         eprintln!("pyfcgi check: {}", nf.diagnosis());
         return ExitCode::from(exit::NO_PYTHON);
     }

@@ -15,7 +15,7 @@ use pyo3::types::PyAnyMethods;
 use tracing::{info, warn};
 
 /// Where to look for the interpreter (see `python_home`), for the app `spec` if known.
-pub fn hints(python: &PythonSettings, spec: Option<&str>) -> crate::python_home::Hints {
+pub fn hints(python: &PythonSettings, spec: Option<&str>) -> pyfcgi_pyhome::Hints {
     let mut app_dirs: Vec<std::path::PathBuf> = Vec::new();
     if let Some(d) = spec
         .and_then(|s| AppSpec::parse(s).ok())
@@ -25,7 +25,7 @@ pub fn hints(python: &PythonSettings, spec: Option<&str>) -> crate::python_home:
     }
     app_dirs.extend(python.chdir.iter().cloned());
     app_dirs.extend(std::env::current_dir().ok());
-    crate::python_home::Hints {
+    pyfcgi_pyhome::Hints {
         explicit: python.python_home.clone(),
         venv: python.venv.clone(),
         app_dirs,

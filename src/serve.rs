@@ -275,7 +275,7 @@ fn serve_without_python(
     rt: &tokio::runtime::Runtime,
     settings: &Settings,
     listener: Listener,
-    nf: &crate::python_home::NotFound,
+    nf: &pyfcgi_pyhome::NotFound,
 ) -> Result<ServeOutcome, Exit> {
     let shutdown = CancellationToken::new();
     let handler = MaxRequests::new(ErrorPage(nf.page()), 1, shutdown.clone());

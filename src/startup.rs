@@ -163,7 +163,7 @@ pub enum Failure {
     Settings { class: &'static str, report: String },
     /// No usable Python.
     #[cfg(feature = "python")]
-    NoPython(crate::python_home::NotFound),
+    NoPython(pyfcgi_pyhome::NotFound),
     /// No application named anywhere.
     NoApp(String),
     /// The application (or its venv, or the interpreter setup) failed to load.
@@ -404,7 +404,7 @@ mod app {
                 None => "no application given: name one (APP, --app, PYFCGI_APP) or use --builtin".to_owned(),
             })
         })?;
-        match crate::python_home::ensure_loaded(&crate::python::hints(&python, Some(&spec))) {
+        match pyfcgi_pyhome::ensure_loaded(&crate::python::hints(&python, Some(&spec))) {
             Ok(found) => info!("python: {} ({})", found.library.display(), found.source),
             Err(nf) => return Err(Failure::NoPython(nf)),
         }

@@ -1,4 +1,4 @@
-//! Finding the CPython this pyfcgi embeds, before the interpreter starts.
+//! Finding the CPython pyfcgi embeds, before the interpreter starts.
 //!
 //! On Windows `python3XY.dll` is delay-loaded (build.rs), so `pyfcgi.exe` starts even when the
 //! Python folder is not on `PATH`. Before the first Python call it looks for the DLL, in this
