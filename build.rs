@@ -6,7 +6,7 @@
 //! * Windows (GNU toolchain): `python3XY.dll` is **delay-loaded**. A normal import would make
 //!   Windows refuse to start the exe when the DLL is not on the search path (exit 0xC0000135
 //!   before `main`, nothing logged: IIS's "FastCGI process exited unexpectedly"). Here the exe
-//!   starts, finds the DLL itself (`src/python_home`), loads it by full path, and binds every
+//!   starts, finds the DLL itself (`crates/pyhome`), loads it by full path, and binds every
 //!   import at once before the first Python call. The delay-import library is made with
 //!   MinGW's `dlltool --output-delaylib` from the export list of that CPython version (the
 //!   `.def` files python3-dll-a carries). `.cargo/config.toml` sets PYO3_USE_RAW_DYLIB=0 so
@@ -95,7 +95,7 @@ mod python {
 
     /// Writes `lib{lib_name}.dll.a`, a delay-import library for `dll`. dlltool names the
     /// delay-import descriptor after its output file, so it writes a fixed name
-    /// (`__DELAY_IMPORT_DESCRIPTOR_libpyfcgi_python_delay_a`, which src/python_home/windows.rs
+    /// (`__DELAY_IMPORT_DESCRIPTOR_libpyfcgi_python_delay_a`, which crates/pyhome/src/windows.rs
     /// binds) and the result is renamed to what pyo3-ffi links (`-lpython3XY`).
     fn delaylib(def: &Path, dll: &str, dir: &Path, lib_name: &str) {
         let tool = std::env::var("DLLTOOL").unwrap_or_else(|_| "x86_64-w64-mingw32-dlltool".into());
