@@ -38,6 +38,11 @@ pub fn main(args: Vec<pyfcgi_settings::Arg>) -> ExitCode {
     let res = startup::resolve(&inputs);
     let iis = on_iis_stream(&res.settings);
     let log = startup::init_logging(&res, iis);
+    if res.settings.log_file.is_some() && log != LogPlace::Configured && !iis {
+        // Outside IIS a log file that cannot be written is a startup error (said on stderr):
+        // running on with the log going elsewhere would hide it.
+        return ExitCode::from(exit::STARTUP);
+    }
     startup::log_resolution(&res, "");
     if !res.errors.is_empty() {
         let failure = Failure::settings(&res);

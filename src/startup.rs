@@ -73,17 +73,17 @@ pub fn init_logging(res: &Resolution, iis: bool) -> LogPlace {
     }
     crate::logging::init_stderr(level);
     let mut place = LogPlace::Stderr;
-    if open_error.is_some() || (iis && !res.errors.is_empty()) {
+    if iis && (open_error.is_some() || !res.errors.is_empty()) {
         place = failure_log(place, s);
     }
     if let Some(e) = open_error {
-        error!(
-            "{e:#}; {} (the fallback when WSGI_LOG / --log-file cannot be used)",
-            match place {
-                LogPlace::Fallback => "logging beside web.config in pyfcgi-error.log instead",
-                _ => "logging to stderr instead",
-            }
-        );
+        match place {
+            LogPlace::Fallback => error!(
+                "{e:#}; logging beside web.config in pyfcgi-error.log instead (the fallback when WSGI_LOG / --log-file cannot be used)"
+            ),
+            _ if iis => error!("{e:#}"),
+            _ => error!("{e:#}: pyfcgi does not start without its log file"),
+        }
     }
     place
 }

@@ -383,8 +383,9 @@ mod tests {
         assert_eq!(q.try_next(0), Some(1));
         let sleeper = {
             let q = Arc::clone(&q);
+            // Timed from before the spawn: a thread that starts late must not look early.
+            let t = Instant::now();
             std::thread::spawn(move || {
-                let t = Instant::now();
                 let job = q.next(1);
                 (job, t.elapsed())
             })
