@@ -38,10 +38,10 @@ enum Command {
     #[cfg(feature = "python")]
     Check(CheckArgs),
     /// Send one FastCGI request and print the response like `curl -i`.
-    Request(pyfcgi_client::cli::RequestArgs),
+    Request(cli::RequestCli),
     /// Load a FastCGI responder and report throughput, latency percentiles and errors
     /// (exit 2 when any request failed, 1 on a usage or setup error).
-    Bench(Box<pyfcgi_client::bench::BenchArgs>),
+    Bench(Box<cli::BenchCli>),
     /// Register pyfcgi with IIS for a site (enable, disable), or print its web.config.
     Iis(iis_cmd::IisArgs),
     /// Check a site's IIS setup (web.config, handler, venv, import, logs) and say what to fix.
@@ -76,8 +76,8 @@ fn main() -> ExitCode {
         Command::Serve(flags) => serve::main(flags.0.0),
         #[cfg(feature = "python")]
         Command::Check(args) => check_main(args),
-        Command::Request(args) => request_main(args),
-        Command::Bench(args) => bench_main(*args),
+        Command::Request(args) => request_main(args.into()),
+        Command::Bench(args) => bench_main((*args).into()),
         Command::Iis(args) => iis_cmd::main(args),
         Command::Doctor(args) => doctor::main(&args),
     }

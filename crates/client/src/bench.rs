@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use clap::ArgGroup;
 use hdrhistogram::Histogram;
 use pyfcgi_proto::{ProtocolStatus, Role, encode};
 use tokio::sync::Semaphore;
@@ -50,114 +49,111 @@ pub(crate) const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
 /// How often the progress line is redrawn.
 const PROGRESS_TICK: Duration = Duration::from_millis(250);
 
-/// Arguments of `pyfcgi bench`.
-#[derive(Debug, Clone, clap::Args)]
+/// Options of `pyfcgi bench` (the binary's `pyfcgi bench` flags give them; see its `--help`
+/// for the full text).
+#[derive(Debug, Clone)]
 // Command-line switches are bools by nature.
 #[allow(clippy::struct_excessive_bools)]
-#[command(group(
-    ArgGroup::new("responder")
-        .required(true)
-        .args(["connect", "spawn", "spawn_pool"])
-))]
 pub struct BenchArgs {
-    /// Load a running responder: tcp:HOST:PORT, HOST:PORT (IPv6 in brackets) or unix:PATH.
-    #[arg(long, value_name = "ADDR")]
+    /// Load a running responder.
     pub connect: Option<String>,
 
-    /// Start one responder process per connection, given after `--`, IIS-style: its stdin is
-    /// an already-connected stream that carries all its requests.
-    #[arg(long)]
+    /// Start one responder process per connection, given after `--`, IIS-style.
     pub spawn: bool,
 
-    /// Start N responder processes (IIS's maxInstances), one connection each; the -c request
-    /// loops share them, waiting for a free one as IIS queues requests [-c defaults to N].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Start N responder processes (IIS's maxInstances), one connection each.
     pub spawn_pool: Option<u32>,
 
-    /// Concurrent request loops, each with its own connection (with --spawn-pool: sharing the
-    /// pool) [default: 8, or N with --spawn-pool].
-    #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Concurrent request loops, each with its own connection (with --spawn-pool.
     pub connections: Option<u32>,
 
-    /// Measure for SECS seconds [default: 10 when -n is not given].
-    #[arg(short = 'd', long, value_name = "SECS", conflicts_with = "requests")]
+    /// Measure for SECS seconds [default.
     pub duration: Option<f64>,
 
     /// Measure N requests, then stop.
-    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: Option<u64>,
 
     /// Send load for SECS seconds before measuring (not counted).
-    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     pub warmup: f64,
 
-    /// Open-loop load: R requests per second in total, latency measured from each request's
-    /// due time.
-    #[arg(long, value_name = "R")]
+    /// Open-loop load.
     pub rate: Option<f64>,
 
-    /// Do not set FCGI_KEEP_CONN: open a new connection for every request (--connect only).
-    #[arg(long)]
+    /// Do not set FCGI_KEEP_CONN.
     pub no_keep_conn: bool,
 
-    /// Requests in flight at once on each connection, with ids 1..=S (FastCGI multiplexing;
-    /// the responder must accept it: pyfcgi does, most others answer CANT_MPX_CONN).
-    #[arg(long, value_name = "S", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Requests in flight at once on each connection, with ids 1..=S (FastCGI multiplexing;.
     pub streams: u16,
 
-    /// Seconds to wait for a connection or a response before counting a timeout (0: no limit).
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    /// Seconds to wait for a connection or a response before counting a timeout (0.
     pub timeout: f64,
 
     /// Runtime threads for the load generator (1 keeps it on one core, for `taskset`).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
 
-    /// HTTP method [default: GET, or POST when a body is given].
-    #[arg(short = 'X', long = "request", value_name = "METHOD")]
+    /// HTTP method [default.
     pub method: Option<String>,
 
-    /// Request header 'Name: value' (repeatable).
-    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    /// Request header 'Name.
     pub headers: Vec<String>,
 
-    /// Request body, like curl's -d: DATA or @FILE (newlines removed from files;
-    /// Content-Type defaults to application/x-www-form-urlencoded). No short form: -d is the
-    /// duration here.
-    #[arg(long, value_name = "DATA", conflicts_with = "data_binary")]
+    /// Request body, like curl's -d.
     pub data: Option<String>,
 
-    /// Request body sent exactly as given: DATA or @FILE.
-    #[arg(long, value_name = "DATA")]
+    /// Request body sent exactly as given.
     pub data_binary: Option<String>,
 
     /// Extra FastCGI param NAME=VALUE, replacing a derived one of the same name (repeatable).
-    #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
 
     /// Send the params IIS 10 sends (APPL_PHYSICAL_PATH, APPL_MD_PATH, URL, ...).
-    #[arg(long)]
     pub iis: bool,
 
     /// The HTTP status sampled responses must have.
-    #[arg(long, value_name = "CODE", default_value_t = 200)]
     pub expect_status: u16,
 
-    /// The body sampled responses must have: DATA or @FILE.
-    #[arg(long, value_name = "DATA")]
+    /// The body sampled responses must have.
     pub expect_body: Option<String>,
 
     /// Print one JSON object instead of the table.
-    #[arg(long)]
     pub json: bool,
 
-    /// The request target: /path?query, or a full http://host:port/path?query URL.
-    #[arg(value_name = "URL", default_value = "/")]
+    /// The request target.
     pub url: String,
 
     /// The responder's command line, for --spawn and --spawn-pool.
-    #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+impl Default for BenchArgs {
+    /// No responder; 8 loops of GET `/` for 10 s, one stream each, 10 s timeout.
+    fn default() -> Self {
+        Self {
+            connect: None,
+            spawn: false,
+            spawn_pool: None,
+            connections: None,
+            duration: None,
+            requests: None,
+            warmup: 0.0,
+            rate: None,
+            no_keep_conn: false,
+            streams: 1,
+            timeout: 10.0,
+            threads: 1,
+            method: None,
+            headers: Vec::new(),
+            data: None,
+            data_binary: None,
+            params: Vec::new(),
+            iis: false,
+            expect_status: 200,
+            expect_body: None,
+            json: false,
+            url: "/".to_owned(),
+            command: Vec::new(),
+        }
+    }
 }
 
 /// Runs `pyfcgi bench` on its own runtime, printing the report to stdout and problems to
@@ -321,6 +317,31 @@ struct Plan {
 impl Plan {
     fn from_args(args: &BenchArgs) -> Result<Self, ClientError> {
         let usage = |text: String| Err(ClientError::Usage(text));
+        let responders = usize::from(args.connect.is_some())
+            + usize::from(args.spawn)
+            + usize::from(args.spawn_pool.is_some());
+        if responders != 1 {
+            return usage(
+                "give exactly one of --connect ADDR, --spawn and --spawn-pool N".to_owned(),
+            );
+        }
+        if args.spawn_pool == Some(0)
+            || args.connections == Some(0)
+            || args.requests == Some(0)
+            || args.streams == 0
+            || args.threads == 0
+        {
+            return usage(
+                "--spawn-pool, --connections, --requests, --streams and --threads count from 1"
+                    .to_owned(),
+            );
+        }
+        if args.duration.is_some() && args.requests.is_some() {
+            return usage("--duration and --requests cannot be used together".to_owned());
+        }
+        if args.data.is_some() && args.data_binary.is_some() {
+            return usage("--data and --data-binary cannot be used together".to_owned());
+        }
         let spawning = args.spawn || args.spawn_pool.is_some();
         if spawning && args.command.is_empty() {
             return usage(
@@ -1287,19 +1308,29 @@ mod tests {
 
     #[test]
     fn spawn_without_keep_conn_is_a_usage_error() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            bench: BenchArgs,
-        }
-        let args = Cli::parse_from(["bench", "--spawn", "--no-keep-conn", "--", "x"]).bench;
+        let cmd = vec!["x".to_owned()];
+        let args = BenchArgs {
+            spawn: true,
+            no_keep_conn: true,
+            command: cmd.clone(),
+            ..BenchArgs::default()
+        };
         let err = Plan::from_args(&args).unwrap_err();
         assert!(err.to_string().contains("--no-keep-conn"), "{err}");
-        let args = Cli::parse_from(["bench", "--spawn-pool", "3", "--", "x"]).bench;
+        let args = BenchArgs {
+            spawn_pool: Some(3),
+            command: cmd,
+            ..BenchArgs::default()
+        };
         let plan = Plan::from_args(&args).unwrap();
         assert_eq!((plan.loops, plan.slot_count, plan.pooled), (3, 3, true));
-        let args = Cli::parse_from(["bench", "--connect", "h:1", "--rate", "0"]).bench;
+        let args = BenchArgs {
+            connect: Some("h:1".into()),
+            rate: Some(0.0),
+            ..BenchArgs::default()
+        };
         assert!(Plan::from_args(&args).is_err());
+        let none = BenchArgs::default();
+        assert!(Plan::from_args(&none).is_err(), "no responder");
     }
 }

@@ -1,7 +1,7 @@
 //! `pyfcgi request`: send one request (or a few) to a FastCGI responder and print the response,
 //! like curl does for HTTP.
 //!
-//! The binary flattens [`RequestArgs`] into its subcommand and calls [`run`]; on `Err` it
+//! The binary turns its `pyfcgi request` flags into [`RequestArgs`] and calls [`run`]; on `Err` it
 //! prints [`ClientError::report`] and exits with [`ClientError::exit_code`].
 //!
 //! Exit codes: 0 success; 1 usage, connect or spawn error; 2 protocol error, connection closed
@@ -15,7 +15,6 @@ use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::ArgGroup;
 use pyfcgi_proto::ProtocolStatus;
 
 use crate::{Address, ClientError, Connection, Request, Response, Stream};
@@ -31,116 +30,107 @@ const CHILD_GRACE: Duration = Duration::from_secs(5);
 /// Exit status when a responder told to shut down (`--shutdown-after`) did not exit.
 const EXIT_CHILD_STAYED: i32 = 124;
 
-/// Arguments of `pyfcgi request`.
-#[derive(Debug, Clone, clap::Args)]
+/// Options of `pyfcgi request` (the binary's `pyfcgi request` flags give them; see its
+/// `--help` for the full text).
+#[derive(Debug, Clone)]
 // Command-line switches are bools by nature.
 #[allow(clippy::struct_excessive_bools)]
-#[command(group(
-    ArgGroup::new("responder")
-        .required(true)
-        .args(["connect", "spawn", "spawn_listen"])
-))]
 pub struct RequestArgs {
-    /// Connect to a running responder: tcp:HOST:PORT, HOST:PORT (IPv6 in brackets) or unix:PATH.
-    #[arg(long, value_name = "ADDR")]
+    /// Connect to a running responder.
     pub connect: Option<String>,
 
-    /// Start the responder given after `--` as IIS does: its stdin is an already-connected
-    /// stream (on Windows IIS's named pipe, with _FCGI_X_PIPE_ and _FCGI_SHUTDOWN_EVENT_, and
-    /// with --iis also no stdout/stderr; on Unix a socket pair), and every request is sent on
-    /// that one kept connection.
-    #[arg(long)]
+    /// Start the responder given after `--` as IIS does.
     pub spawn: bool,
 
-    /// Start the responder given after `--` with a listening socket as its stdin and connect
-    /// to it: a Unix socket (FCGI_LISTENSOCK_FILENO) on Unix, a TCP socket on 127.0.0.1 as
-    /// IIS's protocol="Tcp" does on Windows.
-    #[arg(long)]
+    /// Start the responder given after `--` with a listening socket as its stdin and connect.
     pub spawn_listen: bool,
 
-    /// Ask the spawned responder to shut down while request N is in flight (Windows: signal
-    /// _FCGI_SHUTDOWN_EVENT_; Unix: SIGTERM, so use N > 1 there: a responder still starting
-    /// dies of it), send no request after it, and report how the responder exited ("child
-    /// exited with code X"); a non-zero code becomes the exit status.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Ask the spawned responder to shut down while request N is in flight (Windows.
     pub shutdown_after: Option<u32>,
 
-    /// After the last response, wait for the spawned responder to exit on its own (as after
-    /// `--max-requests`, or when it cannot start Python) and report how it exited ("child
-    /// exited with code X"); a non-zero code becomes the exit status.
-    #[arg(long, conflicts_with = "shutdown_after")]
+    /// After the last response, wait for the spawned responder to exit on its own (as after.
     pub wait_exit: bool,
 
-    /// HTTP method [default: GET, or POST when a body is given].
-    #[arg(short = 'X', long = "request", value_name = "METHOD")]
+    /// HTTP method [default.
     pub method: Option<String>,
 
-    /// Request header 'Name: value' (repeatable).
-    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    /// Request header 'Name.
     pub headers: Vec<String>,
 
-    /// Request body, like curl: DATA, @FILE or @- for stdin (newlines are removed from files
-    /// and stdin; Content-Type defaults to application/x-www-form-urlencoded).
-    #[arg(short = 'd', long, value_name = "DATA", conflicts_with = "data_binary")]
+    /// Request body, like curl.
     pub data: Option<String>,
 
-    /// Request body sent exactly as given: DATA, @FILE or @- for stdin.
-    #[arg(long, value_name = "DATA")]
+    /// Request body sent exactly as given.
     pub data_binary: Option<String>,
 
-    /// Check that every response body is exactly DATA or the contents of @FILE; exit with 4
-    /// at the first one that differs.
-    #[arg(long, value_name = "DATA")]
+    /// Check that every response body is exactly DATA or the contents of @FILE.
     pub expect_body: Option<String>,
 
     /// Extra FastCGI param NAME=VALUE, replacing a derived one of the same name (repeatable).
-    #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
 
     /// Send the params IIS 10 sends (APPL_PHYSICAL_PATH, APPL_MD_PATH, URL, ...).
-    #[arg(long)]
     pub iis: bool,
 
     /// Set FCGI_KEEP_CONN [default for --spawn and --spawn-listen].
-    #[arg(long, overrides_with = "no_keep_conn")]
     pub keep_conn: bool,
 
-    /// Do not set FCGI_KEEP_CONN [default for --connect]; each repeat opens a new connection.
-    #[arg(long, overrides_with = "keep_conn")]
+    /// Do not set FCGI_KEEP_CONN [default for --connect].
     pub no_keep_conn: bool,
 
     /// Send the request N times, printing each response (tests keep-alive and id cycling).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
 
-    /// Seconds to wait for a connection or a response (0: no limit).
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    /// Seconds to wait for a connection or a response (0.
     pub timeout: f64,
 
     /// Print the responder's FCGI_MAX_CONNS, FCGI_MAX_REQS and FCGI_MPXS_CONNS and exit.
-    #[arg(long)]
     pub get_values: bool,
 
     /// Print the status line and headers before the body (the default).
-    #[arg(short = 'i', long)]
     pub include: bool,
 
     /// Print only the response body.
-    #[arg(short = 's', long, conflicts_with = "include")]
     pub body_only: bool,
 
-    /// The request target: /path?query, or a full http://host:port/path?query URL whose host
-    /// and port become SERVER_NAME, SERVER_PORT and HTTP_HOST.
-    #[arg(value_name = "URL", default_value = "/")]
+    /// The request target.
     pub url: String,
 
     /// The responder's command line, for --spawn and --spawn-listen.
-    #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
+impl Default for RequestArgs {
+    /// No responder; GET `/` once, with a 30 s timeout.
+    fn default() -> Self {
+        Self {
+            connect: None,
+            spawn: false,
+            spawn_listen: false,
+            shutdown_after: None,
+            wait_exit: false,
+            method: None,
+            headers: Vec::new(),
+            data: None,
+            data_binary: None,
+            expect_body: None,
+            params: Vec::new(),
+            iis: false,
+            keep_conn: false,
+            no_keep_conn: false,
+            repeat: 1,
+            timeout: 30.0,
+            get_values: false,
+            include: false,
+            body_only: false,
+            url: "/".to_owned(),
+            command: Vec::new(),
+        }
+    }
+}
+
 impl RequestArgs {
-    fn keep_conn(&self) -> bool {
+    pub fn keep_conn(&self) -> bool {
         if self.keep_conn {
             true
         } else if self.no_keep_conn {
@@ -195,6 +185,38 @@ pub(crate) fn timeout_from_secs(secs: f64) -> Result<Option<Duration>, ClientErr
 }
 
 fn check_usage(args: &RequestArgs) -> Result<(), ClientError> {
+    let responders = usize::from(args.connect.is_some())
+        + usize::from(args.spawn)
+        + usize::from(args.spawn_listen);
+    if responders != 1 {
+        return Err(ClientError::Usage(
+            "give exactly one of --connect ADDR, --spawn and --spawn-listen".to_owned(),
+        ));
+    }
+    if args.repeat == 0 || args.shutdown_after == Some(0) {
+        return Err(ClientError::Usage(
+            "--repeat and --shutdown-after count from 1".to_owned(),
+        ));
+    }
+    for (a, b, both) in [
+        (
+            args.wait_exit,
+            args.shutdown_after.is_some(),
+            "--wait-exit and --shutdown-after",
+        ),
+        (
+            args.data.is_some(),
+            args.data_binary.is_some(),
+            "--data and --data-binary",
+        ),
+        (args.include, args.body_only, "--include and --body-only"),
+    ] {
+        if a && b {
+            return Err(ClientError::Usage(format!(
+                "{both} cannot be used together"
+            )));
+        }
+    }
     let spawning = args.spawn || args.spawn_listen;
     if spawning && args.command.is_empty() {
         return Err(ClientError::Usage(
@@ -649,121 +671,119 @@ fn describe_refusal(status: ProtocolStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: RequestArgs,
+    fn connect(addr: &str) -> RequestArgs {
+        RequestArgs {
+            connect: Some(addr.to_owned()),
+            ..RequestArgs::default()
+        }
     }
 
-    fn parse(argv: &[&str]) -> Result<RequestArgs, clap::Error> {
-        Cli::try_parse_from(std::iter::once("request").chain(argv.iter().copied())).map(|c| c.args)
-    }
-
-    #[test]
-    fn clap_definition_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn spawn_takes_the_command_after_double_dash() {
-        let args = parse(&[
-            "--spawn",
-            "-X",
-            "PUT",
-            "/x?y",
-            "--",
-            "pyfcgi",
-            "serve",
-            "--threads",
-            "1",
-        ])
-        .unwrap();
-        assert!(args.spawn);
-        assert_eq!(args.url, "/x?y");
-        assert_eq!(args.command, ["pyfcgi", "serve", "--threads", "1"]);
-        assert!(args.keep_conn());
-        assert_eq!(args.method.as_deref(), Some("PUT"));
+    fn spawn(command: &[&str]) -> RequestArgs {
+        RequestArgs {
+            spawn: true,
+            command: command.iter().map(|c| (*c).to_owned()).collect(),
+            ..RequestArgs::default()
+        }
     }
 
     #[test]
-    fn exactly_one_responder_is_required() {
-        assert!(parse(&["/"]).is_err());
-        assert!(parse(&["--connect", "x:1", "--spawn", "/"]).is_err());
-        let args = parse(&["--connect", "127.0.0.1:9000"]).unwrap();
-        assert_eq!(args.url, "/");
+    fn keep_conn_defaults_by_responder_and_flags_override() {
+        assert!(spawn(&["x"]).keep_conn());
+        assert!(!connect("h:1").keep_conn());
+        let args = RequestArgs {
+            no_keep_conn: true,
+            ..spawn(&["x"])
+        };
         assert!(!args.keep_conn());
-        assert_eq!(args.repeat, 1);
+        let args = RequestArgs {
+            keep_conn: true,
+            ..connect("h:1")
+        };
+        assert!(args.keep_conn());
     }
 
     #[test]
-    fn keep_conn_flags_override_each_other() {
-        let args = parse(&["--spawn-listen", "--no-keep-conn", "--", "x"]).unwrap();
-        assert!(!args.keep_conn());
-        let args = parse(&["--connect", "h:1", "--no-keep-conn", "--keep-conn"]).unwrap();
-        assert!(args.keep_conn());
-        assert!(parse(&["--connect", "h:1", "--repeat", "0"]).is_err());
+    fn exactly_one_responder_is_a_usage_error_otherwise() {
+        assert!(check_usage(&RequestArgs::default()).is_err());
+        let both = RequestArgs {
+            spawn: true,
+            ..connect("h:1")
+        };
+        assert!(check_usage(&both).is_err());
+        assert!(check_usage(&connect("h:1")).is_ok());
+        let zero = RequestArgs {
+            repeat: 0,
+            ..connect("h:1")
+        };
+        assert!(check_usage(&zero).is_err());
     }
 
     #[test]
     fn usage_errors_explain_themselves() {
-        let args = parse(&["--spawn"]).unwrap();
+        let args = spawn(&[]);
         assert!(
             check_usage(&args)
                 .unwrap_err()
                 .to_string()
                 .contains("after `--`")
         );
-        let args = parse(&["--connect", "h:1", "--", "cmd"]).unwrap();
+        let args = RequestArgs {
+            command: vec!["cmd".into()],
+            ..connect("h:1")
+        };
         assert!(check_usage(&args).is_err());
-        let args = parse(&["--spawn", "--no-keep-conn", "--repeat", "2", "--", "x"]).unwrap();
+        let args = RequestArgs {
+            no_keep_conn: true,
+            repeat: 2,
+            ..spawn(&["x"])
+        };
         // Only Unix's socket pair is single-use; IIS's pipe takes the next client.
         assert_eq!(check_usage(&args).is_err(), cfg!(unix));
-        let args = parse(&["--connect", "h:1", "--shutdown-after", "1"]).unwrap();
+        let args = RequestArgs {
+            shutdown_after: Some(1),
+            ..connect("h:1")
+        };
         assert!(
             check_usage(&args)
                 .unwrap_err()
                 .to_string()
                 .contains("--spawn")
         );
-        let args = parse(&["--spawn", "--shutdown-after", "2", "--", "x"]).unwrap();
+        let args = RequestArgs {
+            shutdown_after: Some(2),
+            ..spawn(&["x"])
+        };
         assert!(
             check_usage(&args)
                 .unwrap_err()
                 .to_string()
                 .contains("--repeat 2")
         );
-        let args = parse(&[
-            "--spawn",
-            "--shutdown-after",
-            "2",
-            "--repeat",
-            "3",
-            "--",
-            "x",
-        ]);
-        assert!(check_usage(&args.unwrap()).is_ok());
-        assert!(parse(&["--spawn", "--shutdown-after", "0", "--", "x"]).is_err());
+        let args = RequestArgs {
+            shutdown_after: Some(2),
+            repeat: 3,
+            ..spawn(&["x"])
+        };
+        assert!(check_usage(&args).is_ok());
+        let args = RequestArgs {
+            shutdown_after: Some(0),
+            ..spawn(&["x"])
+        };
+        assert!(check_usage(&args).is_err());
         assert!(timeout_from_secs(-1.0).is_err());
         assert_eq!(timeout_from_secs(0.0).unwrap(), None);
     }
 
     #[tokio::test]
     async fn data_makes_a_form_post() {
-        let args = parse(&[
-            "--connect",
-            "h:1",
-            "-d",
-            "a=1",
-            "-H",
-            "X-A: b",
-            "--param",
-            "SCRIPT_NAME=/s",
-            "/p",
-        ])
-        .unwrap();
+        let args = RequestArgs {
+            data: Some("a=1".into()),
+            headers: vec!["X-A: b".into()],
+            params: vec!["SCRIPT_NAME=/s".into()],
+            url: "/p".into(),
+            ..connect("h:1")
+        };
         let req = build_request(&args).await.unwrap();
         assert_eq!(req.param_str("REQUEST_METHOD"), Some("POST"));
         assert_eq!(
@@ -778,12 +798,18 @@ mod tests {
 
     #[tokio::test]
     async fn bad_header_and_param_are_usage_errors() {
-        let args = parse(&["--connect", "h:1", "-H", "nocolon"]).unwrap();
+        let args = RequestArgs {
+            headers: vec!["nocolon".into()],
+            ..connect("h:1")
+        };
         assert!(matches!(
             build_request(&args).await,
             Err(ClientError::Usage(_))
         ));
-        let args = parse(&["--connect", "h:1", "--param", "=v"]).unwrap();
+        let args = RequestArgs {
+            params: vec!["=v".into()],
+            ..connect("h:1")
+        };
         assert!(matches!(
             build_request(&args).await,
             Err(ClientError::Usage(_))
@@ -846,17 +872,10 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test]
     async fn spawned_responder_that_dies_gives_exit_code_two() {
-        let args = parse(&[
-            "--spawn",
-            "--timeout",
-            "10",
-            "/",
-            "--",
-            "/bin/sh",
-            "-c",
-            "exit 0",
-        ])
-        .unwrap();
+        let args = RequestArgs {
+            timeout: 10.0,
+            ..spawn(&["/bin/sh", "-c", "exit 0"])
+        };
         let err = run(args, &mut Vec::new()).await.unwrap_err();
         assert_eq!(err.exit_code(), 2, "{}", err.report());
     }
@@ -876,9 +895,9 @@ mod tests {
         addr
     }
 
-    async fn run_ok(argv: &[&str]) -> String {
+    async fn run_ok(args: RequestArgs) -> String {
         let mut out = Vec::new();
-        let code = run(parse(argv).unwrap(), &mut out).await.unwrap();
+        let code = run(args, &mut out).await.unwrap();
         assert_eq!(code, 0);
         String::from_utf8(out).unwrap()
     }
@@ -886,24 +905,26 @@ mod tests {
     #[tokio::test]
     async fn repeat_reconnects_without_keep_conn_and_reuses_with_it() {
         let addr = fake_server().await;
-        let out = run_ok(&["--connect", &addr, "--repeat", "3", "/x"]).await;
+        let out = run_ok(RequestArgs {
+            repeat: 3,
+            url: "/x".into(),
+            ..connect(&addr)
+        })
+        .await;
         assert_eq!(
             out.matches("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nid=1 ")
                 .count(),
             3,
             "{out}"
         );
-        let out = run_ok(&[
-            "--connect",
-            &addr,
-            "--keep-conn",
-            "--repeat",
-            "3",
-            "-s",
-            "-d",
-            "ab",
-            "/x",
-        ])
+        let out = run_ok(RequestArgs {
+            keep_conn: true,
+            repeat: 3,
+            body_only: true,
+            data: Some("ab".into()),
+            url: "/x".into(),
+            ..connect(&addr)
+        })
         .await;
         assert_eq!(
             out,
@@ -914,7 +935,11 @@ mod tests {
     #[tokio::test]
     async fn get_values_prints_name_value_lines() {
         let addr = fake_server().await;
-        let out = run_ok(&["--connect", &addr, "--get-values"]).await;
+        let out = run_ok(RequestArgs {
+            get_values: true,
+            ..connect(&addr)
+        })
+        .await;
         assert_eq!(
             out,
             "FCGI_MAX_CONNS=1024\nFCGI_MAX_REQS=131072\nFCGI_MPXS_CONNS=1\n"
@@ -927,7 +952,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         drop(listener);
         let addr = format!("127.0.0.1:{port}");
-        let args = parse(&["--connect", &addr]).unwrap();
+        let args = connect(&addr);
         let err = run(args, &mut Vec::new()).await.unwrap_err();
         assert_eq!(err.exit_code(), 1);
         assert!(err.report().contains(&addr));
