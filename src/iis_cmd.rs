@@ -295,6 +295,28 @@ fn other_fastcgi_handlers(web_config: &str, path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The site's settings as `serve` would resolve them with the web.config `enable` writes
+/// (the parent folders' files first): the invalid values, and the unknown keys (warnings).
+fn settings_problems(root: &Path, new_xml: &str, path: &Path) -> (Vec<String>, Vec<String>) {
+    let mut settings = match root.parent() {
+        Some(parent) => webconfig::load_for_app(parent).unwrap_or_default(),
+        None => webconfig::AppSettings::default(),
+    };
+    if let Err(e) = settings.apply_xml(new_xml.as_bytes(), path) {
+        return (vec![e.to_string()], Vec::new());
+    }
+    let inputs = crate::startup::inputs(Vec::new(), None);
+    let res = pyfcgi_settings::resolve_from(
+        &inputs,
+        None,
+        Some(pyfcgi_settings::WebConfigInput::Read(settings)),
+    );
+    (
+        res.errors.iter().map(ToString::to_string).collect(),
+        res.unknown.iter().map(ToString::to_string).collect(),
+    )
+}
+
 /// The folder of the log file a web.config names (`PYFCGI_LOG_FILE`, else `WSGI_LOG`; a
 /// relative name is relative to the app folder), as a path and as shown to the user.
 fn log_folder(root: &Path, web_config: &str) -> Option<(PathBuf, String)> {
@@ -412,7 +434,15 @@ fn enable(args: &EnableArgs) -> anyhow::Result<()> {
         .web_config(existing.as_deref(), &config_path)
         .with_context(|| format!("while reading {config_shown}"))?;
     let logs = log_folder(&reg.app_root, &new);
-    let others = other_fastcgi_handlers(&new, &config_path);
+    let mut others = other_fastcgi_handlers(&new, &config_path);
+    let (errors, unknown) = settings_problems(&reg.app_root, &new, &config_path);
+    if !errors.is_empty() {
+        bail!(
+            "{config_shown} has settings pyfcgi cannot use; fix them, then run enable again:\n{}",
+            errors.join("\n")
+        );
+    }
+    others.extend(unknown);
     let run_appcmd = cfg!(windows) && !args.dry_run;
     let write_files = run_appcmd || args.write_web_config;
     let commands = reg.appcmd_enable();

@@ -805,3 +805,51 @@ fn a_wfastcgi_site_is_migrated_and_the_old_handler_flagged() {
         Some(format!("{root}/oldlogs/wfastcgi.log").as_str())
     );
 }
+
+#[test]
+fn enable_refuses_an_invalid_pyfcgi_setting_and_warns_about_an_unknown_one() {
+    let dir = django_site();
+    let root = path_str(dir.path());
+    let config = dir.path().join("web.config");
+    let write = |adds: &str| {
+        std::fs::write(
+            &config,
+            format!("<configuration><appSettings>{adds}</appSettings></configuration>"),
+        )
+        .unwrap();
+    };
+    let enable = [
+        "iis",
+        "enable",
+        "--write-web-config",
+        "--exe",
+        EXE,
+        "--app-root",
+        root,
+        "--app",
+        "mysite.wsgi:application",
+    ];
+    write(r#"<add key="PYFCGI_THREADS" value="four" />"#);
+    let out = run(&enable);
+    assert_ne!(out.code, Some(0), "{}", out.stdout);
+    assert!(
+        out.stderr.contains(&format!(
+            "web.config {}: PYFCGI_THREADS = \"four\": expected a whole number from 1 to 1024",
+            config.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !std::fs::read_to_string(&config).unwrap().contains("pyfcgi"),
+        "nothing written"
+    );
+    write(r#"<add key="PYFCGI_THREAD" value="4" />"#);
+    let text = ok(&enable);
+    assert!(
+        text.contains(
+            "PYFCGI_THREAD: unknown pyfcgi setting, ignored (did you mean PYFCGI_THREADS?)"
+        ),
+        "{text}"
+    );
+}
