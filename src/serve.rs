@@ -194,18 +194,7 @@ fn run_app(
         .max(std::time::Duration::from_secs(1));
     match started {
         Started::Wsgi(handler, pool) => {
-            let handler = Arc::new(MaxRequests::new(
-                handler,
-                settings.max_requests,
-                shutdown.clone(),
-            ));
-            let outcome = rt.block_on(serve_async(
-                settings,
-                listener,
-                Arc::clone(&handler),
-                shutdown,
-            ));
-            drop(handler);
+            let outcome = serve_limited(rt, settings, listener, handler, shutdown);
             drop(ctx);
             if matches!(
                 outcome,
@@ -218,23 +207,30 @@ fn run_app(
             Ok(outcome?)
         }
         Started::Asgi(handler, host) => {
-            let handler = Arc::new(MaxRequests::new(
-                handler,
-                settings.max_requests,
-                shutdown.clone(),
-            ));
-            let outcome = rt.block_on(serve_async(
-                settings,
-                listener,
-                Arc::clone(&handler),
-                shutdown,
-            ));
-            drop(handler);
+            let outcome = serve_limited(rt, settings, listener, handler, shutdown);
             drop(ctx);
             host.stop(grace);
             Ok(outcome?)
         }
     }
+}
+
+/// Serves `handler` under `--max-requests` until shutdown; the handler is dropped before
+/// this returns, so the app host can be stopped after.
+#[cfg(feature = "python")]
+fn serve_limited<H: pyfcgi_server::Handler>(
+    rt: &tokio::runtime::Runtime,
+    settings: &Settings,
+    listener: Listener,
+    handler: H,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ServeOutcome> {
+    let handler = Arc::new(MaxRequests::new(
+        handler,
+        settings.max_requests,
+        shutdown.clone(),
+    ));
+    rt.block_on(serve_async(settings, listener, handler, shutdown))
 }
 
 /// Serves the app set up from the first request's folder (IIS without `--app-root`).

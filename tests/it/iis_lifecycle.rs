@@ -28,7 +28,8 @@ def app(environ, start_response):
     return [body.encode()]
 "#;
 
-fn web_config(keys: &[(&str, &str)]) -> String {
+/// A web.config with these appSettings (also used by tests/it/settings.rs).
+pub(crate) fn web_config(keys: &[(&str, &str)]) -> String {
     let adds: String = keys
         .iter()
         .map(|(k, v)| format!("    <add key=\"{k}\" value=\"{v}\" />\n"))

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::iis_lifecycle::web_config;
 use crate::support::{TempDir, free_port, pyfcgi, run_pyfcgi};
 
 const APP: &str = r#"
@@ -16,16 +17,6 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [("\n".join(sys.path)).encode()]
 "#;
-
-fn web_config(keys: &[(&str, &str)]) -> String {
-    let adds: String = keys
-        .iter()
-        .map(|(k, v)| format!("    <add key=\"{k}\" value=\"{v}\" />\n"))
-        .collect();
-    format!(
-        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<configuration>\n  <appSettings>\n{adds}  </appSettings>\n</configuration>\n"
-    )
-}
 
 fn site(web: &str) -> TempDir {
     let dir = TempDir::new("settings");

@@ -360,59 +360,53 @@ fn a_worker_over_max_rss_is_replaced() {
 
 #[test]
 fn workers_that_crash_before_ready_stop_the_supervisor_with_exit_5() {
-    let dir = TempDir::new("workers-crash");
-    let sock = dir.path().join("pyfcgi.sock");
-    let out = crate::support::run_pyfcgi(
-        &[
-            "serve",
-            &app_spec(),
-            "--workers",
-            "2",
-            "--crash-limit",
-            "3",
-            "--bind",
-            &format!("unix:{}", sock.display()),
-        ],
-        &[("WORKERS_APP_CRASH", "1"), ("PYFCGI_LOG", "info")],
-        None,
-        Duration::from_secs(60),
-    );
+    let (out, sock, _dir) = failing_workers("WORKERS_APP_CRASH", &["--crash-limit", "3"]);
     assert_eq!(out.code(), Some(5), "{}", out.stderr);
     assert!(out.stderr.contains("--crash-limit"), "{}", out.stderr);
     assert!(out.stderr.contains("exited with code 3"), "{}", out.stderr);
     assert!(!sock.exists(), "the socket file was left behind");
 }
 
+/// `serve --workers 2` on a unix socket with `fail` set for the app (see workers_app.py);
+/// the output, the socket path and its folder (kept, so that a socket left behind shows).
+fn failing_workers(
+    fail: &str,
+    extra: &[&str],
+) -> (crate::support::CmdOutput, std::path::PathBuf, TempDir) {
+    let dir = TempDir::new("workers-fail");
+    let sock = dir.path().join("pyfcgi.sock");
+    let bind = format!("unix:{}", sock.display());
+    let spec = app_spec();
+    let mut args = vec![
+        "serve",
+        spec.as_str(),
+        "--workers",
+        "2",
+        "--bind",
+        bind.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let out = crate::support::run_pyfcgi(
+        &args,
+        &[(fail, "1"), ("PYFCGI_LOG", "info")],
+        None,
+        Duration::from_secs(60),
+    );
+    (out, sock, dir)
+}
+
 #[test]
 fn workers_that_cannot_import_stop_the_supervisor_at_once_with_exit_6() {
     // The same code as `serve` without --workers (tests/it/settings.rs): the import error is
     // not retried --crash-limit times, since every worker would fail the same way.
-    let dir = TempDir::new("workers-import");
-    let sock = dir.path().join("pyfcgi.sock");
-    let out = crate::support::run_pyfcgi(
-        &[
-            "serve",
-            &app_spec(),
-            "--workers",
-            "2",
-            "--bind",
-            &format!("unix:{}", sock.display()),
-        ],
-        &[("WORKERS_APP_FAIL", "1"), ("PYFCGI_LOG", "info")],
-        None,
-        Duration::from_secs(60),
-    );
+    let (out, sock, _dir) = failing_workers("WORKERS_APP_FAIL", &[]);
     assert_eq!(out.code(), Some(6), "{}", out.stderr);
-    assert!(
-        out.stderr.contains("the app cannot import (test)"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("the application cannot be loaded"),
-        "{}",
-        out.stderr
-    );
+    for want in [
+        "the app cannot import (test)",
+        "the application cannot be loaded",
+    ] {
+        assert!(out.stderr.contains(want), "{}", out.stderr);
+    }
     assert!(!sock.exists(), "the socket file was left behind");
 }
 
