@@ -1,5 +1,7 @@
 //! The `pyfcgi` binary: command line, logging, lifecycle.
 
+#[cfg(feature = "python")]
+mod check;
 mod cli;
 mod doctor;
 mod event_log;
@@ -50,12 +52,12 @@ enum Command {
 
 #[cfg(feature = "python")]
 #[derive(Debug, clap::Args)]
-struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// The WSGI or ASGI application, as for `serve`.
     #[arg(value_name = "APP")]
-    app: String,
+    pub(crate) app: String,
     #[command(flatten)]
-    python: cli::PythonFlags,
+    pub(crate) python: cli::PythonFlags,
 }
 
 fn main() -> ExitCode {
@@ -75,7 +77,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(flags) => serve::main(flags.0.0),
         #[cfg(feature = "python")]
-        Command::Check(args) => check_main(args),
+        Command::Check(args) => check::main(args),
         Command::Request(args) => request_main(args.into()),
         Command::Bench(args) => bench_main((*args).into()),
         Command::Iis(args) => iis_cmd::main(args),
@@ -136,45 +138,4 @@ fn request_main(args: pyfcgi_client::cli::RequestArgs) -> ExitCode {
 fn bench_main(args: pyfcgi_client::bench::BenchArgs) -> ExitCode {
     logging::init_stderr("warn");
     ExitCode::from(u8::try_from(pyfcgi_client::bench::main(args)).unwrap_or(1))
-}
-
-/// `pyfcgi check APP`: the settings resolved as `serve` resolves them (flags, environment,
-/// pyfcgi.toml), then the app loaded through the same code; prints the diagnosis (the
-/// interpreter, the venv, `sys.path`).
-#[cfg(feature = "python")]
-fn check_main(args: CheckArgs) -> ExitCode {
-    logging::init_stderr("warn");
-    let mut flags = args.python.0.0;
-    flags.push(pyfcgi_settings::Arg {
-        name: "app".into(),
-        value: args.app.clone(),
-        flag: "APP".into(),
-    });
-    let res = startup::resolve(&startup::inputs(flags, None));
-    for u in &res.unknown {
-        eprintln!("pyfcgi check: warning: {u}");
-    }
-    if !res.errors.is_empty() {
-        eprintln!("pyfcgi check: {}", res.error_report());
-        return ExitCode::from(exit::SETTINGS);
-    }
-    let python = startup::python_settings(&res.settings);
-    if let Err(nf) = pyfcgi_pyhome::ensure_loaded(&python::hints(&python, Some(&args.app))) {
-        eprintln!("pyfcgi check: {}", nf.diagnosis());
-        return ExitCode::from(exit::NO_PYTHON);
-    }
-    match python::resolve(&args.app, &python, &res.settings.app_env) {
-        Ok((pyfcgi_python::AppState::Loaded(_), report)) => {
-            println!("OK: {report}");
-            ExitCode::SUCCESS
-        }
-        Ok((_, report)) => {
-            eprintln!("pyfcgi check: {report}");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("pyfcgi check: {e:#}");
-            ExitCode::from(1)
-        }
-    }
 }

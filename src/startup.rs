@@ -182,8 +182,11 @@ impl Failure {
         Self::Settings {
             class,
             report: format!(
-                "pyfcgi cannot start: {} problem(s) in its settings:\n{}",
-                res.errors.len(),
+                "pyfcgi cannot start: {} in its settings:\n{}",
+                match res.errors.len() {
+                    1 => "a problem".to_owned(),
+                    n => format!("{n} problems"),
+                },
                 res.error_report()
             ),
         }
