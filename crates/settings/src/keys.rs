@@ -136,6 +136,18 @@ pub const NOT_SETTINGS: &[&str] = &[
     "PYFCGI_PYTHON_BUILT",
 ];
 
+/// Prefixes of `PYFCGI_*` variables that belong to pyfcgi's own scripts and tests (the
+/// benchmark, release and Windows check scripts), not to `serve`.
+pub const NOT_SETTINGS_PREFIXES: &[&str] = &[
+    "PYFCGI_TEST",
+    "PYFCGI_BENCH_",
+    "PYFCGI_RELEASE_",
+    "PYFCGI_WINDOWS_",
+    "PYFCGI_E2E_",
+    "PYFCGI_BUILT_FROM",
+    "PYFCGI_COLOUR",
+];
+
 /// The settings, in the order `--help` lists them.
 pub static KEYS: &[Key] = &[
     rare(value(

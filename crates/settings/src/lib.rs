@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use keys::{KEYS, Key, Kind, NOT_SETTINGS, Scope, WFASTCGI_ALIASES};
+pub use keys::{KEYS, Key, Kind, NOT_SETTINGS, NOT_SETTINGS_PREFIXES, Scope, WFASTCGI_ALIASES};
 pub use origin::{Origin, SettingError, Unknown};
 use pyfcgi_server::Bind;
 use pyfcgi_server::builtin::Builtin;

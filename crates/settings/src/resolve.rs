@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use pyfcgi_iis::IisError;
 use pyfcgi_iis::webconfig::{self, AppSettings};
 
-use crate::keys::{KEYS, Key, Kind, NOT_SETTINGS, WFASTCGI_ALIASES};
+use crate::keys::{KEYS, Key, Kind, NOT_SETTINGS, NOT_SETTINGS_PREFIXES, WFASTCGI_ALIASES};
 use crate::origin::{Origin, SettingError, Unknown};
 use crate::{EventLoop, Interface, Lifespan, PythonSettings, Settings, value};
 
@@ -275,7 +275,7 @@ fn from_env(inputs: &Inputs, raws: &mut Vec<Raw>, unknown: &mut Vec<Unknown>) {
             });
         } else if var.starts_with("PYFCGI_")
             && !NOT_SETTINGS.contains(&var.as_str())
-            && !var.starts_with("PYFCGI_TEST")
+            && !NOT_SETTINGS_PREFIXES.iter().any(|p| var.starts_with(p))
         {
             unknown.push(Unknown {
                 origin: Origin::Env(var.clone()),
