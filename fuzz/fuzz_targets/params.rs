@@ -70,15 +70,16 @@ fuzz_target!(|data: &[u8]| {
         "canonical encoding is not a fixed point"
     );
 
-    // Lookups agree with iteration (first duplicate wins); a few names keep this linear-ish.
+    // Lookups agree with iteration (a name sent twice takes its last value, as PHP-FPM does);
+    // a few names keep this linear-ish.
     for (name, _) in pairs.iter().take(16) {
-        let first = pairs.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
-        assert_eq!(params.get(name), first);
-        assert_eq!(params.get_bytes(name).as_deref(), first);
+        let last = pairs.iter().rev().find(|(n, _)| n == name).map(|(_, v)| *v);
+        assert_eq!(params.get(name), last);
+        assert_eq!(params.get_bytes(name).as_deref(), last);
         if let Ok(s) = std::str::from_utf8(name) {
             assert_eq!(
                 params.get_str(s),
-                first.and_then(|v| std::str::from_utf8(v).ok())
+                last.and_then(|v| std::str::from_utf8(v).ok())
             );
         }
     }

@@ -497,3 +497,45 @@ fn request_timeout_answers_504_for_a_slow_or_blocking_asgi_app_and_logs_the_loop
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(s.get("/scope").0, 200, "{}", s.logs());
 }
+
+/// The `location / { ... }` block of the shipped configs/nginx-site.conf, as it is, except
+/// the upstream's name and `include fastcgi_params` resolved to Debian's own file (the test
+/// nginx has its own prefix).
+pub(crate) fn shipped_location_block(upstream: &str) -> String {
+    let shipped = include_str!("../../configs/nginx-site.conf");
+    let start = shipped
+        .find("    location / {")
+        .expect("configs/nginx-site.conf has a `location /` block");
+    let end = start + shipped[start..].find("\n    }").expect("the block ends") + "\n    }".len();
+    shipped[start..end].replace("myapp", upstream).replace(
+        "include fastcgi_params;",
+        "include /etc/nginx/fastcgi_params;",
+    )
+}
+
+#[test]
+fn the_shipped_nginx_site_config_gives_asgi_the_right_root_path_and_path() {
+    // `include fastcgi_params; fastcgi_param SCRIPT_NAME "";` sends SCRIPT_NAME twice (the
+    // path, then ""): the last value wins, as in WSGI and PHP-FPM.
+    let dir = TempDir::new("asgi-shipped");
+    let sock = dir.path().join("pyfcgi.sock");
+    let mut cmd = serve_command(&[&app_spec()]);
+    cmd.arg("--bind")
+        .arg(format!("unix:{}", sock.display()))
+        .stdin(Stdio::null());
+    let server = Server::from_command(cmd, None);
+    let location = shipped_location_block("pyfcgi");
+    assert!(
+        location.contains("fastcgi_param SCRIPT_NAME \"\";"),
+        "{location}"
+    );
+    let nginx = Nginx::start(
+        &format!("upstream pyfcgi {{ server {}; keepalive 4; }}", server.addr),
+        &location,
+    );
+    let (status, _, body) = http(nginx.port, "GET", "/scope?x=1", &[], b"");
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 200, "{body}\n{}", server.log());
+    assert!(body.contains(r#""root_path": """#), "{body}");
+    assert!(body.contains(r#""path": "/scope""#), "{body}");
+}

@@ -332,3 +332,40 @@ fn spooled_bodies_are_private_unnamed_and_gone_after_the_request() {
         "spool file still open after the request"
     );
 }
+
+#[test]
+fn a_request_cannot_forge_access_log_fields_or_send_terminal_escapes() {
+    let dir = crate::support::TempDir::new("access-escape");
+    let log = dir.path().join("access.log");
+    let server = crate::support::Server::tcp(&[
+        "--builtin",
+        "hello",
+        "--access-log",
+        log.to_str().unwrap(),
+        "--access-log-format",
+        r#"{remote} "{method} {uri}" {status}"#,
+    ]);
+    let uri = "/x\" 200 \"forged\\\u{1b}[2J\u{8}";
+    let r = crate::support::roundtrip(
+        &server,
+        &[
+            ("REQUEST_METHOD", "GET\"X"),
+            ("REQUEST_URI", uri),
+            ("REMOTE_ADDR", "127.0.0.1"),
+        ],
+        b"",
+    );
+    assert!(!r.stdout.is_empty());
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.ends_with('\n') || std::time::Instant::now() > end {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        text, "127.0.0.1 \"GET\\x22X /x\\x22 200 \\x22forged\\x5C\\x1B[2J\\x08\" 200\n",
+        "one well-formed line, the request's quotes, backslash and control characters escaped"
+    );
+}

@@ -141,9 +141,16 @@ impl Params {
         })
     }
 
-    /// The value of the first pair named `name`.
+    /// The value of the last pair named `name`. A CGI variable sent twice takes its last
+    /// value, as PHP-FPM does: nginx's `include fastcgi_params; fastcgi_param SCRIPT_NAME "";`
+    /// sends `SCRIPT_NAME` twice and means the second. (Repeated `HTTP_*` request headers are
+    /// joined by the gateways from [`Params::iter`], not looked up here.)
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        self.spans
+            .iter()
+            .rev()
+            .find(|&&(a, b, _)| &self.data[a as usize..b as usize] == name)
+            .map(|&(_, b, c)| &self.data[b as usize..c as usize])
     }
 
     /// The value of `name` as UTF-8 text, if present and valid.
@@ -152,10 +159,11 @@ impl Params {
             .and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    /// The value of the first pair named `name` as a zero-copy `Bytes`.
+    /// The value of the last pair named `name` (see [`Params::get`]) as a zero-copy `Bytes`.
     pub fn get_bytes(&self, name: &[u8]) -> Option<Bytes> {
         self.spans
             .iter()
+            .rev()
             .find(|&&(a, b, _)| &self.data[a as usize..b as usize] == name)
             .map(|&(_, b, c)| self.data.slice(b as usize..c as usize))
     }
@@ -244,9 +252,17 @@ mod tests {
     }
 
     #[test]
-    fn first_duplicate_wins() {
-        let p = Params::from_pairs([("A", "1"), ("A", "2")]).unwrap();
-        assert_eq!(p.get_str("A"), Some("1"));
+    fn a_variable_sent_twice_takes_its_last_value() {
+        let p = Params::from_pairs([("SCRIPT_NAME", "/health"), ("X", "x"), ("SCRIPT_NAME", "")])
+            .unwrap();
+        assert_eq!(p.get_str("SCRIPT_NAME"), Some(""));
+        assert_eq!(p.get_bytes(b"SCRIPT_NAME").as_deref(), Some(&b""[..]));
+        assert_eq!(p.get_str("X"), Some("x"));
+        assert_eq!(
+            p.len(),
+            3,
+            "iter still sees every pair (repeated headers are joined)"
+        );
     }
 
     proptest! {

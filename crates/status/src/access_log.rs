@@ -108,12 +108,25 @@ impl AccessLog {
     }
 }
 
+/// A field taken from the request, safe to write: `-` when empty; `"`, `\\` and control
+/// characters as `\xHH` (as nginx writes them), so a client cannot forge fields or lines, nor
+/// send escape sequences to a terminal reading the log.
 fn or_dash(s: &str) -> String {
+    use std::fmt::Write as _;
     if s.is_empty() {
-        "-".into()
-    } else {
-        s.replace(['\r', '\n'], " ")
+        return "-".into();
     }
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '"' || c == '\\' || c.is_control() {
+            for b in c.to_string().bytes() {
+                let _ = write!(out, "\\x{b:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Refuses a format with an unknown `{field}`, naming the allowed ones.
@@ -198,6 +211,16 @@ fn rfc3339(time: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn request_fields_cannot_forge_fields_lines_or_terminal_escapes() {
+        assert_eq!(or_dash(""), "-");
+        assert_eq!(or_dash("/a b/ü"), "/a b/ü");
+        assert_eq!(
+            or_dash("/x\" 200 0 \"evil\\\u{1b}[2J\u{8}\r\n\u{7f}\u{85}"),
+            "/x\\x22 200 0 \\x22evil\\x5C\\x1B[2J\\x08\\x0D\\x0A\\x7F\\xC2\\x85"
+        );
+    }
 
     #[test]
     fn rfc3339_dates_are_right() {
