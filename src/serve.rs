@@ -389,6 +389,7 @@ async fn serve_async<H: pyfcgi_server::Handler>(
             limits,
             idle_timeout: settings.idle_timeout.filter(|_| !connected),
             read_timeout: settings.read_timeout,
+            params_timeout: settings.params_timeout,
             align_records: settings.align_records,
             body: BodyConfig {
                 queue: 8,

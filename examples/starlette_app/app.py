@@ -10,7 +10,8 @@ Routes:
     GET  /static/...       files from static/ (Starlette's FileResponse; pyfcgi sends them
                            itself through the http.response.pathsend extension)
     POST /echo             streams the request body back as it arrives
-    GET  /ticks            5 lines, 200 ms apart (a streamed response)
+    GET  /events/ticks     5 lines, 200 ms apart (a streamed response; configs/nginx-site.conf
+                           serves /events/ without buffering)
     GET  /info             what the app sees: lifespan state, root_path, ASGI extensions
 Every response carries an X-Process-Time header from a pure ASGI middleware.
 """
@@ -78,6 +79,7 @@ async def info(request):
     return JSONResponse({
         "started": request.state.started,
         "root_path": request.scope.get("root_path", ""),
+        "path": request.scope["path"],
         "extensions": sorted(request.scope.get("extensions", {})),
     })
 
@@ -93,7 +95,7 @@ app = Starlette(
         Route("/", home),
         Route("/hello/{name}", hello),
         Route("/echo", echo, methods=["POST"]),
-        Route("/ticks", ticks),
+        Route("/events/ticks", ticks),
         Route("/info", info),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ],

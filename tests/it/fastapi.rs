@@ -27,28 +27,31 @@ impl Stack {
         Self::example("examples/fastapi_app/main.py")
     }
 
-    /// Serves `path` (relative to the repository), attribute `app`.
+    /// Serves `path` (relative to the repository), attribute `app`, behind the shipped
+    /// nginx site config.
     pub(crate) fn example(path: &str) -> Self {
+        Self::with(path, true, &[])
+    }
+
+    /// [`Self::example`] with `fastcgi_keep_conn` on or off and extra `serve` arguments.
+    pub(crate) fn with(path: &str, keep_conn: bool, extra: &[&str]) -> Self {
         let dir = TempDir::new("asgi-example");
         let sock = dir.path().join("pyfcgi.sock");
         let spec = format!("{}:app", repo().join(path).display());
         let venv = crate::python_nginx::venv();
-        let mut cmd = serve_command(&[&spec, "--venv", venv]);
+        let mut args = vec![spec.as_str(), "--venv", venv];
+        args.extend_from_slice(extra);
+        let mut cmd = serve_command(&args);
         cmd.arg("--bind")
             .arg(format!("unix:{}", sock.display()))
             .stdin(Stdio::null());
         let server = Server::from_command(cmd, Some(dir));
         let upstream = format!("upstream pyfcgi {{ server {}; keepalive 4; }}", server.addr);
-        let params = Nginx::fastcgi_params();
-        let nginx = Nginx::start(
-            &upstream,
-            &format!(
-                "location / {{ {params} fastcgi_keep_conn on; fastcgi_pass pyfcgi; \
-                 client_max_body_size 100m; }}
-                 location ~ ^/(sse|ticks)$ {{ {params} fastcgi_keep_conn on; fastcgi_buffering off;
-                                   fastcgi_pass pyfcgi; }}"
-            ),
-        );
+        let mut locations = shipped_app_locations("pyfcgi");
+        if !keep_conn {
+            locations = locations.replace("fastcgi_keep_conn on;", "fastcgi_keep_conn off;");
+        }
+        let nginx = Nginx::start(&upstream, &locations);
         let dir = TempDir::new("fastapi-keep");
         Self {
             server,
@@ -74,6 +77,32 @@ impl Stack {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// The `location` block `name` (`/`, `/events/`) of configs/nginx-site.conf as shipped, but for
+/// the upstream's name and the absolute path of nginx's fastcgi_params (the test nginx runs
+/// with its own prefix).
+pub(crate) fn shipped_location(name: &str, upstream: &str) -> String {
+    let shipped = include_str!("../../configs/nginx-site.conf");
+    let open = format!("    location {name} {{");
+    let start = shipped
+        .find(&open)
+        .unwrap_or_else(|| panic!("configs/nginx-site.conf has no `location {name}` block"));
+    let end = start + shipped[start..].find("\n    }").expect("the block ends") + "\n    }".len();
+    shipped[start..end].replace("myapp", upstream).replace(
+        "include fastcgi_params;",
+        "include /etc/nginx/fastcgi_params;",
+    )
+}
+
+/// The shipped site's locations that go to the app: `/events/` (streaming, unbuffered) and
+/// `/`.
+pub(crate) fn shipped_app_locations(upstream: &str) -> String {
+    format!(
+        "{}\n{}",
+        shipped_location("/events/", upstream),
+        shipped_location("/", upstream)
+    )
 }
 
 fn text(b: &[u8]) -> String {
@@ -200,13 +229,16 @@ fn fastapi_20_mb_upload_keeps_memory_bounded() {
     );
 }
 
-#[test]
-fn fastapi_sse_events_arrive_one_by_one_and_a_leaving_client_is_fine() {
-    let s = Stack::start();
-    let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
+/// Reads `path` through nginx to the end; returns the body and when each of the five
+/// `data: tick N` events arrived.
+fn read_ticks(port: u16, path: &str) -> (String, Vec<Duration>) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let t0 = Instant::now();
     let mut arrivals = Vec::new();
     let mut all = Vec::new();
@@ -216,38 +248,85 @@ fn fastapi_sse_events_arrive_one_by_one_and_a_leaving_client_is_fine() {
             break;
         }
         all.extend_from_slice(&buf[..n]);
-        let t = text(&all);
+        // sse-starlette ends lines with \r\n, StreamingResponse here with \n.
+        let t = text(&all).replace("\r\n", "\n");
         while arrivals.len() < 5 && t.contains(&format!("data: tick {}\n", arrivals.len())) {
             arrivals.push(t0.elapsed());
         }
     }
-    assert_eq!(arrivals.len(), 5, "{}", text(&all));
-    assert!(text(&all).contains("text/event-stream"));
+    (text(&all), arrivals)
+}
+
+fn assert_apart(arrivals: &[Duration], all: &str) {
+    assert_eq!(arrivals.len(), 5, "{all}");
     for pair in arrivals.windows(2) {
         assert!(
             pair[1] - pair[0] >= Duration::from_millis(100),
             "events did not arrive separately: {arrivals:?}"
         );
     }
+}
+
+#[test]
+fn fastapi_sees_the_right_root_path_and_path_behind_the_shipped_nginx_config() {
+    let s = Stack::start();
+    for path in ["/whereami", "/whereami/"] {
+        let (st, _, body) = http(s.nginx.port, "GET", path, &[], b"");
+        if path.ends_with('/') {
+            // FastAPI redirects to the route without the slash: the path it saw was right.
+            assert_eq!(st, 307, "{}", s.logs());
+            continue;
+        }
+        assert_eq!(
+            (st, text(&body)),
+            (200, r#"{"root_path":"","path":"/whereami"}"#.into()),
+            "{}",
+            s.logs()
+        );
+    }
+}
+
+#[test]
+fn sse_starlette_event_source_streams_its_events_one_by_one() {
+    // EventSourceResponse always sends `Connection: keep-alive`, a hop-by-hop header an ASGI
+    // server must accept (and not pass on).
+    let s = Stack::start();
+    let (all, arrivals) = read_ticks(s.nginx.port, "/events/stream");
+    assert!(all.starts_with("HTTP/1.1 200"), "{all}\n{}", s.logs());
+    assert!(all.contains("text/event-stream"), "{all}");
+    assert!(all.contains("event: tick"), "{all}");
+    assert_apart(&arrivals, &all);
+    assert!(
+        !s.server.log().contains("ASGI application error"),
+        "{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn fastapi_sse_events_arrive_one_by_one_and_a_leaving_client_is_fine() {
+    let s = Stack::start();
+    let (all, arrivals) = read_ticks(s.nginx.port, "/events/ticks");
+    assert!(all.contains("text/event-stream"), "{all}");
+    assert_apart(&arrivals, &all);
+    let mut buf = [0u8; 4096];
     // A client that leaves after the first event: the server stays healthy.
     let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
-    c.write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+    c.write_all(b"GET /events/ticks HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let _ = c.read(&mut buf).unwrap();
     drop(c);
-    std::thread::sleep(Duration::from_millis(1500));
-    let (st, _, _) = http(s.nginx.port, "GET", "/hello", &[], b"");
-    assert_eq!(st, 200, "{}", s.logs());
-    assert!(!s.server.log().contains("panicked"), "{}", s.logs());
     // The app's stream stopped: its next send() raised (spec 2.4), Starlette turned that into
     // ClientDisconnect, and the task ended. Not an application error.
     assert!(
         s.server
-            .log()
-            .contains("the client went away; the application stopped with ClientDisconnect"),
+            .wait_log("the client went away; the application stopped with ClientDisconnect"),
         "{}",
         s.logs()
     );
+    let (st, _, _) = http(s.nginx.port, "GET", "/hello", &[], b"");
+    assert_eq!(st, 200, "{}", s.logs());
+    assert!(!s.server.log().contains("panicked"), "{}", s.logs());
     assert!(
         !s.server.log().contains("ASGI application error"),
         "{}",

@@ -10,6 +10,7 @@ mod support;
 mod apache;
 mod app_loading;
 mod asgi;
+mod asgi_edges;
 mod bench;
 mod cgi_fcgi;
 mod cli;

@@ -36,7 +36,7 @@ fn starlette_routes_static_files_middleware_and_lifespan_state() {
     assert_eq!(st, 200, "{}", s.logs());
     assert_eq!(
         text(&body),
-        r#"{"started":"lifespan startup ran","root_path":"","extensions":["http.response.pathsend"]}"#
+        r#"{"started":"lifespan startup ran","root_path":"","path":"/info","extensions":["http.response.pathsend"]}"#
     );
 
     // StaticFiles answers with FileResponse, which hands the path to pyfcgi (pathsend).
@@ -80,10 +80,11 @@ fn starlette_echoes_a_5_mb_body_and_streams_lines_apart() {
         s.logs()
     );
 
-    // /ticks is not buffered by nginx (fastcgi_buffering off): each line arrives on its own.
+    // The shipped config serves /events/ unbuffered (fastcgi_buffering off): each line
+    // arrives on its own.
     let mut c = TcpStream::connect(("127.0.0.1", s.nginx.port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(b"GET /ticks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    c.write_all(b"GET /events/ticks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let t0 = Instant::now();
     let mut seen = Vec::new();
@@ -99,7 +100,7 @@ fn starlette_echoes_a_5_mb_body_and_streams_lines_apart() {
                     seen.push(t0.elapsed());
                 }
             }
-            Err(e) => panic!("reading /ticks: {e}\n{}", s.logs()),
+            Err(e) => panic!("reading /events/ticks: {e}\n{}", s.logs()),
         }
     }
     assert_eq!(seen.len(), 5, "{}", text(&all));

@@ -195,6 +195,8 @@ pub fn setup(py: Python<'_>, opts: &InterpreterOptions) -> Result<InterpreterInf
 /// the venv's own `python` does. Otherwise the base interpreter's `site-packages` and every
 /// `.pth` file in it would be processed first (imports and memory the venv never uses).
 pub fn initialize(skip_site: bool) {
+    // SAFETY: Py_IsInitialized may be called at any time, before initialisation too.
+    let fresh = unsafe { pyo3::ffi::Py_IsInitialized() } == 0;
     if skip_site {
         // SAFETY: called before any other use of the interpreter, on one thread; the config
         // is initialised by CPython, changed field by field and cleared after use. After a
@@ -227,6 +229,18 @@ pub fn initialize(skip_site: bool) {
     }
     // A no-op when the interpreter is already running, apart from pyo3's bookkeeping.
     Python::initialize();
+    // `threading` takes the thread that first imports it as the main thread. CPython's own
+    // idea of it (signals, set_wakeup_fd) is the thread that started the interpreter, this
+    // one. If an app imports neither asyncio nor threading, the first import would otherwise
+    // happen on the ASGI event-loop thread, and uvloop, told it runs on the main thread,
+    // would call set_wakeup_fd there and fail ("set_wakeup_fd only works in main thread").
+    if fresh {
+        Python::attach(|py| {
+            if let Err(e) = py.import("threading") {
+                warn!(error = %e, "importing threading at startup failed");
+            }
+        });
+    }
 }
 
 /// The interpreter facts for logs and diagnoses.

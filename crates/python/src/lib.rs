@@ -163,14 +163,12 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 }
 
 impl Handler for PythonHandler {
-    async fn handle(&self, request: Request, mut response: ResponseWriter) {
-        // The rest of a refused request's body is read and discarded by the connection,
-        // keeping it in sync.
+    async fn handle(&self, request: Request, response: ResponseWriter) {
+        // The rest of a refused request's body is discarded by the connection, keeping it
+        // in sync.
         if let Some(page) = self.admission.refusal(&request) {
             drop(request);
-            if response.write(page).await.is_ok() {
-                let _ = response.end(0).await;
-            }
+            let _ = response.respond_now(&page);
             return;
         }
         if self.jobs.push(Job { request, response }).is_err() {
@@ -183,15 +181,11 @@ impl Handler for PythonHandler {
         request: Request,
         response: ResponseWriter,
     ) -> Result<(), (Request, ResponseWriter)> {
-        // Refusals write their page from a task; everything else is queued right here.
+        // Refusals are answered at once, without waiting for the body; everything else is
+        // queued right here.
         if let Some(page) = self.admission.refusal(&request) {
             drop(request);
-            let mut response = response;
-            tokio::spawn(async move {
-                if response.write(page).await.is_ok() {
-                    let _ = response.end(0).await;
-                }
-            });
+            let _ = response.respond_now(&page);
             return Ok(());
         }
         match self.jobs.push(Job { request, response }) {

@@ -37,6 +37,10 @@ pub struct ConnConfig {
     /// Close a connection whose web server sends nothing for this long while a request
     /// waits for the rest of its params or body (or a record is half received).
     pub read_timeout: Option<Duration>,
+    /// Close a connection when a request's params have not all arrived this long after its
+    /// `FCGI_BEGIN_REQUEST`, however steadily they trickle in (`--read-timeout` is per read;
+    /// this is the whole head, like nginx's `client_header_timeout`).
+    pub params_timeout: Option<Duration>,
     /// How request bodies are buffered for handlers (memory, then a temp file).
     pub body: BodyConfig,
     /// Response bytes a connection buffers (beyond what the socket takes) before handlers
@@ -58,6 +62,7 @@ impl Default for ConnConfig {
             limits: Limits::default(),
             idle_timeout: None,
             read_timeout: None,
+            params_timeout: None,
             body: BodyConfig {
                 queue: 8,
                 max_memory: 1 << 20,
@@ -79,6 +84,8 @@ struct Active {
     abort: AbortSignal,
     stdin_done: StdinGate,
     started: bool,
+    /// When its `FCGI_BEGIN_REQUEST` arrived (for `params_timeout`).
+    begun: Instant,
 }
 
 /// Serves one connection over a socket that requests may write to directly, until it closes,
@@ -242,6 +249,11 @@ async fn read_loop<R: ReadSource, H: Handler>(
     let read_timer = tokio::time::sleep(read_timeout.unwrap_or(Duration::MAX / 4));
     tokio::pin!(read_timer);
     let mut last_input = Instant::now();
+    let params_timeout = config.params_timeout;
+    let params_timer = tokio::time::sleep(params_timeout.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(params_timer);
+    // The web server closed or reset its end (as opposed to this side deciding to close).
+    let mut peer_gone = false;
     loop {
         release_freed(out, &mut freed, &mut conn, &mut active);
         if buf.capacity() - buf.len() < 8 * 1024 {
@@ -313,11 +325,29 @@ async fn read_loop<R: ReadSource, H: Handler>(
                     read_timer.as_mut().reset((base + limit).into());
                     continue;
                 }
+                () = &mut params_timer, if params_timeout.is_some() => {
+                    let limit = params_timeout.unwrap_or_default();
+                    let oldest = active.values().filter(|a| !a.started).map(|a| a.begun).min();
+                    if let Some(begun) = oldest.filter(|b| b.elapsed() >= limit) {
+                        warn!(
+                            peer,
+                            timeout_s = limit.as_secs_f64(),
+                            waited_s = begun.elapsed().as_secs_f64(),
+                            "a request's params did not all arrive within --params-timeout: closing the connection"
+                        );
+                        break;
+                    }
+                    // Look again when the oldest request still in its params reaches the limit.
+                    let base = oldest.unwrap_or_else(Instant::now);
+                    params_timer.as_mut().reset((base + limit).into());
+                    continue;
+                }
                 r = rd.read(&mut buf) => r,
             }
         };
         match read {
             Ok(0) => {
+                peer_gone = true;
                 if !buf.is_empty() {
                     warn!(
                         peer,
@@ -343,6 +373,7 @@ async fn read_loop<R: ReadSource, H: Handler>(
             }
             Err(e) => {
                 debug!(peer, error = %e, "read failed");
+                peer_gone = true;
                 break;
             }
         }
@@ -361,6 +392,20 @@ async fn read_loop<R: ReadSource, H: Handler>(
             warn!(peer, error = %e, "closing connection: invalid FastCGI input");
             break;
         }
+    }
+    if peer_gone {
+        // The web server closed (or reset) the connection: nginx does this when the browser
+        // goes away, and never sends FCGI_ABORT_REQUEST. Every request on it is aborted (an
+        // ASGI app waiting in receive() gets http.disconnect, a WSGI app's writes fail), and
+        // the connection ends now rather than when the last handler notices: its --max-conns
+        // slot and a graceful stop do not wait for an app that keeps running. (FastCGI gives
+        // a half-close no meaning and no web server sends one: end of input is the end.)
+        for (_, a) in active.drain() {
+            a.abort.fire();
+            a.stdin_done.open();
+        }
+        out.close();
+        return;
     }
     // The connection is done reading: requests still waiting for body bytes never get them.
     for (_, a) in active.drain() {
@@ -408,6 +453,16 @@ async fn process<H: Handler>(
             if out.push_raw(&answer).is_err() {
                 return Ok(());
             }
+            // Management answers (FCGI_GET_VALUES_RESULT, FCGI_UNKNOWN_TYPE, refusals) count
+            // against the connection's output budget like responses: a peer that floods
+            // queries and never reads the answers stops being read, so memory stays bounded.
+            if out.is_full() {
+                debug!(
+                    peer,
+                    "the web server is not reading its answers: reading paused until it does"
+                );
+                out.room().await;
+            }
         }
         let Some(event) = event else { return Ok(()) };
         match event {
@@ -420,6 +475,7 @@ async fn process<H: Handler>(
                         abort: AbortSignal::new(),
                         stdin_done: StdinGate::default(),
                         started: false,
+                        begun: Instant::now(),
                     },
                 );
             }

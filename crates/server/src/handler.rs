@@ -513,6 +513,20 @@ impl ResponseWriter {
         true
     }
 
+    /// Answers at once with `response` (a complete CGI response: head and body) and ends the
+    /// request, without waiting for the rest of the request body: for refusals that never
+    /// read it (a body over the size limit, an offline site). The connection then discards
+    /// the request's remaining `FCGI_STDIN` (its id is released with the end). Never waits.
+    pub fn respond_now(mut self, response: &[u8]) -> Result<(), WriteError> {
+        // Holding output back for the body exists for responses that still read it; this
+        // one does not, and a client sending a large body gets its answer now.
+        let gate = StdinGate::default();
+        gate.open();
+        self.gate = gate;
+        self.held.extend_from_slice(response);
+        self.finish(0)
+    }
+
     /// Ends the response if that needs no waiting; otherwise gives the writer back
     /// (`Err(self)`) for [`Self::blocking_end`].
     pub fn try_end(mut self, app_status: u32) -> Result<Result<(), WriteError>, Self> {

@@ -363,6 +363,13 @@ pub static KEYS: &[Key] = &[
         "Close a connection when the web server sends nothing for this many seconds while a request waits for its params or body (a stalled client upload); 0 = never.",
     ),
     value(
+        "params-timeout",
+        "PYFCGI_PARAMS_TIMEOUT",
+        "SECS",
+        Some("60"),
+        "Close a connection when a request's params (its headers and CGI variables) have not all arrived this many seconds after its FCGI_BEGIN_REQUEST, however steadily they trickle in (like nginx's client_header_timeout); 0 = never.",
+    ),
+    value(
         "request-timeout",
         "PYFCGI_REQUEST_TIMEOUT",
         "SECS",

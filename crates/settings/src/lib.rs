@@ -106,6 +106,7 @@ pub struct Settings {
     pub crash_limit: u32,
     pub ready_timeout: Duration,
     pub read_timeout: Option<Duration>,
+    pub params_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
     pub status_path: Option<String>,
     pub access_log: Option<PathBuf>,

@@ -649,6 +649,9 @@ fn build(p: &mut Picker, config: Option<PathBuf>) -> Settings {
         read_timeout: p
             .get("read-timeout", |s| seconds(s, Some("never")))
             .flatten(),
+        params_timeout: p
+            .get("params-timeout", |s| seconds(s, Some("never")))
+            .flatten(),
         request_timeout: p
             .get("request-timeout", |s| seconds(s, Some("no limit")))
             .flatten(),
