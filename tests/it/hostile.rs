@@ -319,3 +319,104 @@ fn a_web_server_that_stalls_mid_request_is_cut_off_after_read_timeout() {
     assert!(read_response(&mut idle, 1).is_ok(), "{}", server.log());
     assert_still_serves(&server);
 }
+
+#[test]
+fn params_trickling_past_params_timeout_close_the_connection() {
+    // Each byte comes well within --read-timeout; the whole head does not come within
+    // --params-timeout.
+    let server = Server::tcp(&[
+        "--builtin",
+        "hello",
+        "--params-timeout",
+        "1",
+        "--read-timeout",
+        "30",
+    ]);
+    let mut s = server.connect();
+    let req = request_bytes(1, false, &[("HTTP_X_SLOW", &"s".repeat(400))], b"");
+    let start = Instant::now();
+    let mut sent = 0;
+    for b in &req {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        sent += 1;
+        if server.log().contains("--params-timeout") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        sent < req.len(),
+        "the whole request trickled in: {}",
+        server.log()
+    );
+    assert_closed_by_server(&mut s);
+    assert!(
+        server.wait_log("did not all arrive within --params-timeout"),
+        "{}",
+        server.log()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_still_serves(&server);
+}
+
+/// The server's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_of_unread_management_records_keeps_memory_bounded() {
+    let server = Server::tcp(&["--builtin", "hello"]);
+    let before = rss_kib(server.pid());
+    let mut s = server.connect();
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    // 64 KiB of records at a time: FCGI_GET_VALUES queries and unknown-type records, each
+    // answered by the server; the answers are never read.
+    let mut chunk = BytesMut::new();
+    while chunk.len() < 64 * 1024 {
+        encode::get_values(&mut chunk, &["FCGI_MAX_CONNS", "FCGI_MPXS_CONNS"]).unwrap();
+        for _ in 0..8 {
+            chunk.extend_from_slice(&[1, 200, 0, 0, 0, 0, 0, 0]);
+        }
+    }
+    let limit: usize = 400 << 20;
+    let mut sent = 0usize;
+    while sent < limit {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!("write failed: {e}\n{}", server.log()),
+        }
+    }
+    let grew = rss_kib(server.pid()).saturating_sub(before);
+    // The server stopped reading once its answers backed up: the sender is held back after
+    // what the kernel buffers hold, and the server's memory stays flat.
+    assert!(
+        sent < 128 << 20,
+        "{} MiB were accepted without the answers being read",
+        sent >> 20
+    );
+    assert!(grew < 48 * 1024, "the server grew by {grew} KiB");
+    // Others are served meanwhile; the flooding connection closing frees everything.
+    assert_still_serves(&server);
+    drop(s);
+    assert_still_serves(&server);
+}
