@@ -118,6 +118,22 @@ async def app(scope, receive, send):
     elif path == "/bad-header":
         await start(send, headers=[(b"x-evil", b"a\r\nset-cookie: owned=1")])
         await send({"type": "http.response.body", "body": b"never"})
+    elif path == "/hop-by-hop":
+        # Hop-by-hop headers as real apps send them (sse-starlette's Connection: keep-alive,
+        # BlackSheep's Transfer-Encoding: chunked): the server drops them and serves the rest.
+        await start(send, headers=[
+            (b"content-type", b"text/plain"),
+            (b"connection", b"keep-alive"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"content-length", b"13"),
+        ])
+        await send({"type": "http.response.body", "body": b"hop-by-hop", "more_body": True})
+        await send({"type": "http.response.body", "body": b" ok"})
+    elif path == "/bad-hop-header":
+        # Injection is refused in a header that would have been dropped, too.
+        await start(send, headers=[(b"connection", b"close\r\nset-cookie: owned=1")])
+        await send({"type": "http.response.body", "body": b"never"})
     elif path == "/no-response":
         return
     elif path == "/two-readers":

@@ -233,6 +233,64 @@ fn spec_violations_and_exceptions_are_500_before_start_and_truncation_after() {
 }
 
 #[test]
+fn hop_by_hop_headers_from_the_app_are_dropped_and_the_response_served() {
+    let s = Stack::start(&[]);
+    // Straight to pyfcgi: the CGI head it writes is exactly the app's other headers.
+    let r = s.direct(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/hop-by-hop")]);
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "Status: 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\n\r\nhop-by-hop ok",
+        "{}",
+        s.logs()
+    );
+    assert_eq!(r.app_status, 0);
+    // The log says which header was dropped, for which request.
+    assert!(
+        s.server.wait_log("dropped a hop-by-hop response header"),
+        "{}",
+        s.logs()
+    );
+    let log = s.server.log();
+    let dropped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("dropped a hop-by-hop response header"))
+        .collect();
+    for name in ["connection", "Transfer-Encoding", "Keep-Alive"] {
+        assert!(
+            dropped
+                .iter()
+                .any(|l| l.contains(&format!("header={name}")) && l.contains("request=")),
+            "no line for {name}: {dropped:#?}"
+        );
+    }
+    // Through nginx: a 200 with the whole body. The client asked for Connection: close, so
+    // nginx's own Connection header says close; the app's keep-alive, Keep-Alive and
+    // Transfer-Encoding (its Content-Length leaves nginx no reason to chunk) are not there.
+    let (status, headers, body) = s.get("/hop-by-hop");
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"hop-by-hop ok"[..]),
+        "{}",
+        s.logs()
+    );
+    let lower = headers.to_ascii_lowercase();
+    assert!(lower.contains("\r\nconnection: close"), "{headers}");
+    assert!(lower.contains("\r\ncontent-length: 13"), "{headers}");
+    for absent in ["keep-alive", "transfer-encoding", "timeout=5"] {
+        assert!(
+            !lower.contains(absent),
+            "{absent} reached the client:\n{headers}"
+        );
+    }
+    // Injection is refused even in a header that would have been dropped.
+    let (status, headers, _) = s.get("/bad-hop-header");
+    assert_eq!(status, 500, "{}", s.logs());
+    assert!(!headers.to_ascii_lowercase().contains("owned"), "{headers}");
+    let (status, _, _) = s.get("/bad-header");
+    assert_eq!(status, 500, "{}", s.logs());
+}
+
+#[test]
 fn detailed_errors_put_the_traceback_in_the_500_page_only_when_asked() {
     let s = Stack::start(&[("PYFCGI_DETAILED_ERRORS", "true")]);
     let (status, _, body) = s.get("/raise-before");

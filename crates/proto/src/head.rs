@@ -9,8 +9,10 @@
 
 use bytes::BufMut;
 
-/// Headers an application may not set: they describe the connection, which is the web
-/// server's (PEP 3333, RFC 9110 §7.6.1).
+/// The hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, and the
+/// connection to the client is the web server's, so an application's response may not carry
+/// them. What happens to one an app sends is the interface's rule: PEP 3333 makes it a WSGI
+/// application error; ASGI has no such rule, so the ASGI host drops it.
 pub const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -42,11 +44,15 @@ pub enum HeadError {
     /// A header name that is not an HTTP token.
     #[error("invalid header name {0:?}: it must be an HTTP token")]
     BadName(String),
-    /// A hop-by-hop header.
-    #[error("hop-by-hop header {0:?} is not allowed from a WSGI application (PEP 3333)")]
+    /// A hop-by-hop header ([`HOP_BY_HOP`]); its name and value are valid otherwise.
+    #[error(
+        "hop-by-hop header {0:?} is not allowed in an application's response: it describes the connection, which the web server manages"
+    )]
     HopByHop(String),
-    /// A header named `Status`.
-    #[error("a header named 'Status' is not allowed; pass the status to start_response()")]
+    /// A header named `Status`: the CGI head carries the status on a line of its own.
+    #[error(
+        "a header named 'Status' is not allowed: the response status is given apart from the headers"
+    )]
     StatusHeader,
     /// CR, LF, another control character, or a character outside latin-1 in a value.
     #[error(
@@ -81,17 +87,24 @@ pub fn validate_status(status: &str) -> Result<(), HeadError> {
     Ok(())
 }
 
+/// Whether `name` is a hop-by-hop header ([`HOP_BY_HOP`]), in any letter case.
+///
+/// ```
+/// assert!(pyfcgi_proto::head::is_hop_by_hop("Transfer-Encoding"));
+/// assert!(!pyfcgi_proto::head::is_hop_by_hop("Content-Length"));
+/// ```
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 /// Checks one response header.
+///
+/// The name and the value are checked first: [`HeadError::HopByHop`] and
+/// [`HeadError::StatusHeader`] come only for a header that could go on the wire intact, so
+/// a caller that drops hop-by-hop headers instead of refusing them still refuses injection.
 pub fn validate_header(name: &str, value: &str) -> Result<(), HeadError> {
     if name.is_empty() || !name.chars().all(is_tchar) {
         return Err(HeadError::BadName(name.to_owned()));
-    }
-    let lower = name.to_ascii_lowercase();
-    if HOP_BY_HOP.contains(&lower.as_str()) {
-        return Err(HeadError::HopByHop(name.to_owned()));
-    }
-    if lower == "status" {
-        return Err(HeadError::StatusHeader);
     }
     if let Some(ch) = value
         .chars()
@@ -101,6 +114,12 @@ pub fn validate_header(name: &str, value: &str) -> Result<(), HeadError> {
             name: name.to_owned(),
             ch,
         });
+    }
+    if name.eq_ignore_ascii_case("status") {
+        return Err(HeadError::StatusHeader);
+    }
+    if is_hop_by_hop(name) {
+        return Err(HeadError::HopByHop(name.to_owned()));
     }
     Ok(())
 }
@@ -189,6 +208,59 @@ mod tests {
             ("status", "200"),
         ] {
             assert!(validate_header(n, v).is_err(), "{n}: {v}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_known_in_any_case() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+            assert!(is_hop_by_hop(&name.to_ascii_uppercase()), "{name}");
+            assert_eq!(
+                validate_header(name, "x"),
+                Err(HeadError::HopByHop(name.to_owned()))
+            );
+        }
+        assert!(is_hop_by_hop("Keep-Alive"));
+        for name in ["content-length", "connectionx", "x-connection", "tee", ""] {
+            assert!(!is_hop_by_hop(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn injection_is_reported_before_the_hop_by_hop_and_status_rules() {
+        // A caller that drops hop-by-hop headers must still see the injection attempt.
+        assert!(matches!(
+            validate_header("Connection", "close\r\nSet-Cookie: x"),
+            Err(HeadError::BadValue { ch: '\r', .. })
+        ));
+        assert!(matches!(
+            validate_header("Status", "200\nX: y"),
+            Err(HeadError::BadValue { ch: '\n', .. })
+        ));
+        assert_eq!(
+            validate_header("Upgrade", "h2c"),
+            Err(HeadError::HopByHop("Upgrade".into()))
+        );
+        assert_eq!(
+            validate_header("STATUS", "200"),
+            Err(HeadError::StatusHeader)
+        );
+    }
+
+    #[test]
+    fn messages_name_no_interface() {
+        // The same errors reach WSGI and ASGI apps; each interface adds its own rule.
+        for e in [
+            HeadError::HopByHop("Connection".into()),
+            HeadError::StatusHeader,
+            HeadError::BadName("a b".into()),
+            HeadError::BadStatus("x".into()),
+        ] {
+            let msg = e.to_string();
+            for interface in ["WSGI", "ASGI", "PEP 3333", "start_response"] {
+                assert!(!msg.contains(interface), "{msg}");
+            }
         }
     }
 

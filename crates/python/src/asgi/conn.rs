@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use pyfcgi_server::observe::RequestId;
 use pyo3::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::info;
@@ -47,6 +48,8 @@ fn disconnected() -> PyErr {
 /// One request, as glue.py sees it.
 #[pyclass(name = "_Conn")]
 pub(super) struct Conn {
+    /// The request id, for the log.
+    pub(super) id: RequestId,
     pub(super) tx: UnboundedSender<Cmd>,
     /// The first `receive()` message, when the body was there before the app started.
     pub(super) first: Option<Py<PyAny>>,
@@ -76,8 +79,8 @@ impl Conn {
     /// `http.response.start`: raises when the status or a header is invalid.
     #[allow(clippy::needless_pass_by_value)] // extracted from Python by value
     fn start(&mut self, status: u16, headers: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<()> {
-        let head =
-            response_head(status, &headers).map_err(pyo3::exceptions::PyRuntimeError::new_err)?;
+        let head = response_head(status, &headers, self.id)
+            .map_err(pyo3::exceptions::PyRuntimeError::new_err)?;
         // HTTP: a response to HEAD, a 204 and a 304 end with the head.
         self.bodiless = self.head_request || status == 204 || status == 304;
         self.tx.send(Cmd::Start(head)).map_err(|_| disconnected())

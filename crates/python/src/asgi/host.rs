@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pyfcgi_proto::Params;
+use pyfcgi_server::observe::RequestId;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use tokio::sync::mpsc::UnboundedSender;
@@ -24,6 +25,7 @@ struct Finished {
 }
 
 pub(super) struct NewRequest {
+    pub(super) id: RequestId,
     pub(super) params: Params,
     pub(super) tx: UnboundedSender<Cmd>,
     /// The first body chunk, when it had arrived before the request was queued.
@@ -163,6 +165,7 @@ impl Bridge {
             let conn = Py::new(
                 py,
                 Conn {
+                    id: r.id,
                     tx: r.tx,
                     first,
                     link: r.link,

@@ -161,6 +161,7 @@ impl AsgiHandler {
         let first = body.try_chunk().map(|chunk| state.outcome(chunk));
         let link = Arc::clone(&state.link);
         self.shared.request(NewRequest {
+            id,
             params,
             tx,
             first,

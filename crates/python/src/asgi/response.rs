@@ -5,16 +5,24 @@
 use bytes::Bytes;
 use pyfcgi_proto::head;
 use pyfcgi_server::ResponseWriter;
+use pyfcgi_server::observe::RequestId;
 use pyo3::prelude::*;
-use tracing::error;
+use tracing::{debug, error};
 
 use super::Drive;
 use super::input::Outcome;
 
 /// The CGI response head for `http.response.start`, or why it is invalid.
+///
+/// Hop-by-hop headers are dropped, not refused: the ASGI spec has no rule against them and
+/// common apps send them (sse-starlette's `Connection: keep-alive`, BlackSheep's
+/// `Transfer-Encoding: chunked`), but the connection to the client is the web server's, and
+/// a `Transfer-Encoding` it did not apply would corrupt the body. Header injection is refused
+/// all the same, in those headers too.
 pub(super) fn response_head(
     status: u16,
     headers: &[(Vec<u8>, Vec<u8>)],
+    id: RequestId,
 ) -> Result<Vec<u8>, String> {
     let reason = match pyfcgi_proto::reason_phrase(status) {
         "" => "Status",
@@ -32,8 +40,16 @@ pub(super) fn response_head(
         // latin-1, as HTTP header bytes are.
         let name: String = name.iter().map(|&b| char::from(b)).collect();
         let value: String = value.iter().map(|&b| char::from(b)).collect();
-        head::validate_header(&name, &value).map_err(|e| format!("ASGI: {e}"))?;
-        fields.push((name, value));
+        match head::validate_header(&name, &value) {
+            Ok(()) => fields.push((name, value)),
+            Err(head::HeadError::HopByHop(_)) => {
+                debug!(request = %id, header = %name, "ASGI: dropped a hop-by-hop response header (the web server manages the connection)");
+            }
+            Err(head::HeadError::StatusHeader) => {
+                return Err("ASGI: a header named 'Status' is not allowed; the status goes in http.response.start's \"status\"".into());
+            }
+            Err(e) => return Err(format!("ASGI: {e}")),
+        }
     }
     let mut out = Vec::with_capacity(64 + fields.len() * 40);
     head::encode_head(&mut out, &line, &fields);
@@ -171,17 +187,59 @@ pub(super) async fn write_error(mut r: ResponseWriter) -> Result<(), pyfcgi_serv
 
 #[cfg(test)]
 mod tests {
+    use pyfcgi_server::observe::RequestId;
+
     use super::response_head;
+
+    fn head(status: u16, headers: &[(&str, &str)]) -> Result<String, String> {
+        let headers: Vec<(Vec<u8>, Vec<u8>)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        response_head(status, &headers, RequestId::from_seq(1))
+            .map(|h| String::from_utf8_lossy(&h).into_owned())
+    }
 
     #[test]
     fn the_head_has_a_status_line_and_refuses_header_injection() {
-        // The validators' messages are Python exceptions, turned into text here.
-        pyo3::Python::initialize();
-        let head =
-            response_head(200, &[(b"content-type".to_vec(), b"text/plain".to_vec())]).unwrap();
-        assert_eq!(head, b"Status: 200 OK\r\ncontent-type: text/plain\r\n\r\n");
-        assert!(response_head(200, &[(b"x".to_vec(), b"a\r\nSet-Cookie: evil".to_vec())]).is_err());
-        assert!(response_head(101, &[]).is_err());
-        assert!(response_head(200, &[(b"bad name".to_vec(), b"v".to_vec())]).is_err());
+        assert_eq!(
+            head(200, &[("content-type", "text/plain")]).unwrap(),
+            "Status: 200 OK\r\ncontent-type: text/plain\r\n\r\n"
+        );
+        assert!(head(200, &[("x", "a\r\nSet-Cookie: evil")]).is_err());
+        assert!(head(101, &[]).is_err());
+        assert!(head(200, &[("bad name", "v")]).is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_in_any_case() {
+        let out = head(
+            200,
+            &[
+                ("Connection", "keep-alive"),
+                ("content-type", "text/event-stream"),
+                ("Transfer-Encoding", "chunked"),
+                ("keep-alive", "timeout=5"),
+                ("UPGRADE", "h2c"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "Status: 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn injection_in_a_hop_by_hop_header_is_still_refused() {
+        let err = head(200, &[("connection", "close\r\nSet-Cookie: owned=1")]).unwrap_err();
+        assert!(err.starts_with("ASGI: invalid value for header"), "{err}");
+    }
+
+    #[test]
+    fn a_status_header_is_refused_with_the_asgi_fix() {
+        let err = head(200, &[("Status", "404")]).unwrap_err();
+        assert!(err.contains("http.response.start"), "{err}");
+        assert!(!err.contains("start_response"), "{err}");
     }
 }

@@ -224,7 +224,19 @@ pub(crate) fn validate_status(status: &str) -> PyResult<()> {
 }
 
 pub(crate) fn validate_header(name: &str, value: &str) -> PyResult<()> {
-    head::validate_header(name, value).map_err(|e| PyValueError::new_err(e.to_string()))
+    head::validate_header(name, value).map_err(|e| {
+        // proto's messages name no interface; these two rules and their fixes are WSGI's.
+        PyValueError::new_err(match e {
+            head::HeadError::HopByHop(name) => format!(
+                "hop-by-hop header {name:?} is not allowed from a WSGI application (PEP 3333): it describes the connection, which the web server manages"
+            ),
+            head::HeadError::StatusHeader => {
+                "a header named 'Status' is not allowed; pass the status to start_response()"
+                    .to_owned()
+            }
+            e => e.to_string(),
+        })
+    })
 }
 
 #[pymethods]
