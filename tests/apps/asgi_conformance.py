@@ -147,6 +147,49 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": b"two readers"})
         got = await asyncio.wait_for(asyncio.gather(*readers), 5)
         note("two readers: " + " ".join(m["type"] for m in got))
+    elif path == "/wait-for-body":
+        # Reads the body with receive() under a 10 ms timeout, retrying after each timeout:
+        # a cancelled receive() must leave its message for the next call.
+        h = hashlib.sha256()
+        total = timeouts = 0
+        while True:
+            try:
+                m = await asyncio.wait_for(receive(), 0.01)
+            except asyncio.TimeoutError:
+                timeouts += 1
+                continue
+            assert m["type"] == "http.request", m
+            h.update(m.get("body", b""))
+            total += len(m.get("body", b""))
+            if not m.get("more_body", False):
+                break
+        await start(send)
+        await send({"type": "http.response.body",
+                    "body": b"size=%d sha256=%s timeouts=%d" % (total, h.hexdigest().encode(), timeouts)})
+    elif path == "/poll-disconnect":
+        # Polls Starlette's Request.is_disconnected() (its code, written out): a receive() in
+        # an anyio scope cancelled before it starts, so each poll cancels a pending read. The
+        # client's abort must still turn it True. Needs the test venv (anyio).
+        import anyio
+
+        async def is_disconnected():
+            message = {}
+            with anyio.CancelScope() as cs:
+                cs.cancel()
+                message = await receive()
+            return message.get("type") == "http.disconnect"
+
+        await read_body(receive)
+        polls = 0
+        while not await is_disconnected():
+            polls += 1
+            if polls == 5:
+                note("poll-disconnect polling")
+            if polls > 2000:
+                note("poll-disconnect gave up")
+                return
+            await asyncio.sleep(0.01)
+        note("poll-disconnect: disconnected after %d polls" % polls)
     elif path == "/slow-async":
         await asyncio.sleep(3)
         await start(send)

@@ -8,6 +8,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+use pyfcgi_proto::{Role, encode};
+
 use crate::support::{Nginx, Server, TempDir, http, serve_command};
 
 fn app_spec() -> String {
@@ -50,14 +53,29 @@ impl Stack {
         http(self.nginx.port, "GET", path, &[("X-Test", "yes")], b"")
     }
 
-    /// One request straight to pyfcgi's socket with the bundled client's framing.
-    fn direct(&self, params: &[(&str, &str)]) -> crate::support::RawResponse {
-        let mut c = std::os::unix::net::UnixStream::connect(self.dir.path().join("pyfcgi.sock"))
+    /// A connection straight to pyfcgi's socket, bypassing nginx.
+    fn connect(&self) -> std::os::unix::net::UnixStream {
+        let c = std::os::unix::net::UnixStream::connect(self.dir.path().join("pyfcgi.sock"))
             .expect("connect to pyfcgi");
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c
+    }
+
+    /// One request straight to pyfcgi's socket with the bundled client's framing.
+    fn direct(&self, params: &[(&str, &str)]) -> crate::support::RawResponse {
+        let mut c = self.connect();
         c.write_all(&crate::support::request_bytes(1, false, params, b""))
             .unwrap();
         crate::support::read_response(&mut c, 1).unwrap()
+    }
+
+    /// Waits up to 10 s for `needle` in the app's log.
+    fn wait_app_log(&self, needle: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !self.app_log().contains(needle) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.app_log().contains(needle)
     }
 
     fn app_log(&self) -> String {
@@ -105,27 +123,30 @@ fn the_scope_has_the_request_and_the_lifespan_state() {
     );
 }
 
+/// The SHA-256 of `data` in hex, from coreutils' sha256sum.
+fn sha256_hex(data: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(data)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 #[test]
 fn a_20_mb_upload_streams_through_receive() {
     let s = Stack::start(&[]);
     let data: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let (status, _, body) = http(s.nginx.port, "POST", "/upload", &[], &data);
-    let digest = {
-        let out = std::process::Command::new("sha256sum")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                c.stdin.take().unwrap().write_all(&data)?;
-                c.wait_with_output()
-            })
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
-    };
+    let digest = sha256_hex(&data);
     assert_eq!(status, 200, "{}", s.logs());
     assert_eq!(
         String::from_utf8_lossy(&body),
@@ -181,6 +202,93 @@ fn a_client_that_leaves_makes_receive_say_disconnect() {
     assert!(s.app_log().contains("disconnect seen"), "{}", s.logs());
     // The server is still healthy.
     assert_eq!(s.get("/scope").0, 200);
+}
+
+#[test]
+fn a_receive_cancelled_by_a_timeout_leaves_its_message_for_the_next_call() {
+    let s = Stack::start(&[]);
+    let mut c = s.connect();
+    let mut head = BytesMut::new();
+    encode::begin_request(&mut head, 1, Role::Responder, false);
+    encode::params(
+        &mut head,
+        1,
+        &[
+            ("REQUEST_METHOD", "POST"),
+            ("PATH_INFO", "/wait-for-body"),
+            ("CONTENT_LENGTH", "5000"),
+        ],
+    )
+    .unwrap();
+    encode::params_end(&mut head, 1);
+    c.write_all(&head).unwrap();
+    // Five 1000-byte STDIN records 100 ms apart: the app's 10 ms receive() timeouts fire
+    // between them, each cancelling a read that Rust answers later.
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    for piece in body.chunks(1000) {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut record = BytesMut::new();
+        encode::stdin(&mut record, 1, piece);
+        c.write_all(&record).unwrap();
+    }
+    let mut end = BytesMut::new();
+    encode::stdin_end(&mut end, 1);
+    c.write_all(&end).unwrap();
+    // A lost message leaves the app waiting for the rest of the body: no response at all.
+    let r = match crate::support::read_response(&mut c, 1) {
+        Ok(r) => r,
+        Err(e) => panic!(
+            "no response ({e}): the app lost a body message?\n{}",
+            s.logs()
+        ),
+    };
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    let want = format!("size=5000 sha256={} timeouts=", sha256_hex(&body));
+    let Some(at) = out.find(&want) else {
+        panic!("want {want}...; got {out}\n{}", s.logs());
+    };
+    // The test is only worth something if receive() was cancelled along the way.
+    let timeouts: u32 = out[at + want.len()..].trim().parse().unwrap();
+    assert!(timeouts > 0, "no receive() timed out: {out}");
+}
+
+#[test]
+fn starlette_is_disconnected_polling_turns_true_after_an_abort() {
+    // asyncio's loop runs the cancel scope's cancellation before any reply to the read, so
+    // every poll cancels a pending read (uvloop's order can let a fast reply win the race).
+    for event_loop in ["asyncio", "uvloop"] {
+        // The app's poll uses anyio, from the test venv.
+        let s = Stack::start(&[
+            ("PYFCGI_VENV", crate::python_nginx::venv()),
+            ("PYFCGI_LOOP", event_loop),
+        ]);
+        let mut c = s.connect();
+        c.write_all(&crate::support::request_bytes(
+            1,
+            false,
+            &[("REQUEST_METHOD", "GET"), ("PATH_INFO", "/poll-disconnect")],
+            b"",
+        ))
+        .unwrap();
+        assert!(
+            s.wait_app_log("poll-disconnect polling"),
+            "{event_loop}: {}",
+            s.logs()
+        );
+        let mut abort = BytesMut::new();
+        encode::abort_request(&mut abort, 1);
+        c.write_all(&abort).unwrap();
+        assert!(
+            s.wait_app_log("poll-disconnect: disconnected after"),
+            "{event_loop}: {}",
+            s.logs()
+        );
+        assert!(
+            crate::support::read_response(&mut c, 1).is_ok(),
+            "{event_loop}: {}",
+            s.logs()
+        );
+    }
 }
 
 #[test]

@@ -6,6 +6,8 @@
 # Rust resolves. No polling, and the loop thread is the only one here that holds the GIL.
 
 import asyncio
+import collections
+import itertools
 import logging
 import os
 import traceback
@@ -38,14 +40,40 @@ def install(loop, bridge, app, state, mode):
     async def run(conn, scope):
         started = False
         finished = False
+        # Reads whose receive() was cancelled (asyncio.wait_for timing out, an anyio cancel
+        # scope such as Starlette's is_disconnected()), as (sequence number, future), oldest
+        # first. Rust answers reads in order, so a cancelled one still gets the next message:
+        # the next receive() takes it from here instead of issuing a new read, and no message
+        # is lost or reordered.
+        orphans = collections.deque()
+        reads = itertools.count()
+
+        def orphan(entry):
+            # Oldest first, whatever order concurrent receive() calls were cancelled in.
+            i = len(orphans)
+            while i and orphans[i - 1][0] > entry[0]:
+                i -= 1
+            orphans.insert(i, entry)
 
         async def receive():
-            fut = loop.create_future()
-            # The first body chunk is often there already: it comes back at once.
-            message = conn.read(fut)
-            if message is not None:
-                return message
-            return await fut
+            if orphans:
+                entry = orphans.popleft()
+                fut = entry[1]
+                if fut.done():
+                    return fut.result()
+            else:
+                fut = loop.create_future()
+                # The first body chunk is often there already: it comes back at once.
+                message = conn.read(fut)
+                if message is not None:
+                    return message
+                entry = (next(reads), fut)
+            # Shielded: cancelling receive() leaves the read itself pending, for the next call.
+            try:
+                return await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                orphan(entry)
+                raise
 
         async def send(message):
             nonlocal started, finished
