@@ -102,6 +102,10 @@ async def app(scope, receive, send):
         await start(send)
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         raise RuntimeError("raised after the first chunk")
+    elif path == "/return-after":
+        await start(send)
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        return
     elif path == "/empty":
         await start(send, status=204, headers=[])
         await send({"type": "http.response.body", "body": b""})

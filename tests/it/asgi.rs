@@ -399,6 +399,49 @@ fn hop_by_hop_headers_from_the_app_are_dropped_and_the_response_served() {
 }
 
 #[test]
+fn a_response_cut_short_by_the_app_ends_with_a_non_zero_app_status() {
+    let s = Stack::start(&[]);
+    // Straight to pyfcgi: nginx never passes FCGI_END_REQUEST's appStatus on.
+    let get = |path: &str| s.direct(&[("REQUEST_METHOD", "GET"), ("PATH_INFO", path)]);
+    for path in ["/raise-after", "/return-after"] {
+        let r = get(path);
+        let out = String::from_utf8_lossy(&r.stdout).into_owned();
+        assert!(
+            out.starts_with("Status: 200 OK\r\n") && out.ends_with("partial"),
+            "{path}: {out}\n{}",
+            s.logs()
+        );
+        assert_ne!(r.app_status, 0, "{path}: {}", s.logs());
+        assert_eq!(
+            r.status,
+            Some(pyfcgi_proto::ProtocolStatus::RequestComplete),
+            "{path}"
+        );
+    }
+    // A complete response, streamed or not, ends with 0.
+    for path in ["/scope", "/stream"] {
+        let r = get(path);
+        assert!(String::from_utf8_lossy(&r.stdout).starts_with("Status: 200 OK\r\n"));
+        assert_eq!(r.app_status, 0, "{path}: {}", s.logs());
+    }
+    // The log says so for both, as for WSGI, with the request id. (It is read from pyfcgi's
+    // stderr by another thread: wait for the lines.)
+    let cut = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("ending it early with a non-zero application status"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while cut(&s.server.log()).len() < 2 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = cut(&s.server.log());
+    assert_eq!(lines.len(), 2, "{}", s.logs());
+    assert!(lines.iter().all(|l| l.contains("request=")), "{lines:#?}");
+}
+
+#[test]
 fn detailed_errors_put_the_traceback_in_the_500_page_only_when_asked() {
     let s = Stack::start(&[("PYFCGI_DETAILED_ERRORS", "true")]);
     let (status, _, body) = s.get("/raise-before");

@@ -7,7 +7,7 @@ use pyfcgi_proto::head;
 use pyfcgi_server::ResponseWriter;
 use pyfcgi_server::observe::RequestId;
 use pyo3::prelude::*;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use super::Drive;
 use super::input::Outcome;
@@ -167,6 +167,16 @@ impl Drive<'_> {
                     if r.write(Bytes::from(head)).await.is_ok() {
                         let _ = r.end(0).await;
                     }
+                }
+                // Part of the body is out and the app failed (raised, or returned before
+                // the last piece): as for WSGI, a non-zero application status says the
+                // response is incomplete, for a web server or client that reads it.
+                None if error.is_some() => {
+                    warn!(
+                        request = %self.id,
+                        "the response had already started; ending it early with a non-zero application status"
+                    );
+                    let _ = r.end(1).await;
                 }
                 None if started => {
                     let _ = r.end(0).await;
