@@ -147,3 +147,81 @@ fn requests_over_max_requests_per_conn_are_refused_as_overloaded() {
         assert!(r.stdout.ends_with(format!("r{id}").as_bytes()), "{r:?}");
     }
 }
+
+/// Sends a request's head and the first `first` body bytes of a declared `declared`-byte
+/// body, with FCGI_KEEP_CONN.
+fn upload_head(id: u16, declared: usize, first: usize) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    let len = declared.to_string();
+    encode::begin_request(&mut out, id, Role::Responder, true);
+    encode::params(
+        &mut out,
+        id,
+        &[("REQUEST_METHOD", "POST"), ("CONTENT_LENGTH", len.as_str())],
+    )
+    .unwrap();
+    encode::params_end(&mut out, id);
+    encode::stdin(&mut out, id, &vec![b'u'; first]);
+    out.to_vec()
+}
+
+#[test]
+fn a_body_over_max_body_size_gets_413_while_the_client_is_still_sending() {
+    // WSGI and ASGI apps share the admission; the ASGI example stands for the other host.
+    let wsgi = format!("{}/pep3333.py:hello", crate::wsgi::APPS);
+    let asgi = format!(
+        "{}/examples/fastapi_app/main.py:app",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let venv = crate::python_nginx::venv();
+    for spec in [wsgi.as_str(), asgi.as_str()] {
+        let server = Server::tcp_env(
+            &[spec, "--venv", venv, "--max-body-size", "1m"],
+            crate::wsgi::PY_ENV,
+        );
+        let mut s = server.connect();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // 50 MB declared, 64 KiB sent: the answer comes now, not after 50 MB.
+        s.write_all(&upload_head(1, 50_000_000, 65536)).unwrap();
+        let r = read_response(&mut s, 1).unwrap_or_else(|e| {
+            panic!(
+                "{spec}: no answer while the body was still coming: {e}\n{}",
+                server.log()
+            )
+        });
+        assert!(
+            r.stdout.starts_with(b"Status: 413 "),
+            "{spec}: {}",
+            String::from_utf8_lossy(&r.stdout)
+        );
+        assert_eq!(r.app_status, 0);
+        assert!(server.wait_log("answered 413"), "{}", server.log());
+        // The rest of that body is discarded; the same connection serves the next request.
+        let mut rest = BytesMut::new();
+        encode::stdin(&mut rest, 1, &vec![b'u'; 200_000]);
+        encode::stdin_end(&mut rest, 1);
+        s.write_all(&rest).unwrap();
+        let hello = if spec == wsgi { "/" } else { "/hello" };
+        s.write_all(&request_bytes(
+            1,
+            true,
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("SCRIPT_NAME", ""),
+                ("PATH_INFO", hello),
+                ("SERVER_NAME", "x"),
+                ("SERVER_PORT", "80"),
+                ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ],
+            b"",
+        ))
+        .unwrap();
+        let r = read_response(&mut s, 1).unwrap();
+        assert!(
+            r.stdout.starts_with(b"Status: 200 "),
+            "{spec}: {}\n{}",
+            String::from_utf8_lossy(&r.stdout),
+            server.log()
+        );
+    }
+}

@@ -1,12 +1,14 @@
-//! pyfcgi's embedded CPython: the WSGI host.
+//! pyfcgi's embedded CPython: the WSGI and ASGI hosts.
 //!
 //! * [`interp`]: venv, `sys.path`, `--chdir`, Python's stdout/stderr into the log.
 //! * [`app`]: application specs (`module:attr`, `file.py:attr`, wfastcgi's dotted names,
 //!   factories) and loading, with a diagnosis when it fails.
-//! * [`pool`]: the worker threads.
+//! * [`pool`]: the WSGI worker threads.
 //! * [`wsgi`]: PEP 3333: environ, `wsgi.input`, `start_response`, `write`, `file_wrapper`.
+//! * [`asgi`]: ASGI 3 (HTTP and lifespan) on one event-loop thread; its files mirror `wsgi`'s.
 //!
-//! [`PythonHandler`] plugs all of it into `pyfcgi-server` as a [`Handler`].
+//! [`PythonHandler`] (WSGI) and [`asgi::AsgiHandler`] plug into `pyfcgi-server` as a
+//! [`Handler`]; [`Admission`] answers, for both, what must not reach the app.
 //!
 //! The binary initialises the interpreter (`Python::initialize()`); this crate never does.
 

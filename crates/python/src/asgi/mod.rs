@@ -127,12 +127,11 @@ pub struct AsgiHandler {
 
 impl AsgiHandler {
     /// Carries out the app's steps for one request until it finishes.
-    pub async fn serve(&self, request: Request, mut response: ResponseWriter) {
+    pub async fn serve(&self, request: Request, response: ResponseWriter) {
+        // Answered at once, without waiting for the body (the connection discards the rest).
         if let Some(page) = self.admission.refusal(&request) {
             drop(request);
-            if response.write(page).await.is_ok() {
-                let _ = response.end(0).await;
-            }
+            let _ = response.respond_now(&page);
             return;
         }
         let id = request.request_id();
