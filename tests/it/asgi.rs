@@ -707,21 +707,6 @@ fn request_timeout_answers_504_for_a_slow_or_blocking_asgi_app_and_logs_the_loop
     assert_eq!(s.get("/scope").0, 200, "{}", s.logs());
 }
 
-/// The `location / { ... }` block of the shipped configs/nginx-site.conf, as it is, except
-/// the upstream's name and `include fastcgi_params` resolved to Debian's own file (the test
-/// nginx has its own prefix).
-pub(crate) fn shipped_location_block(upstream: &str) -> String {
-    let shipped = include_str!("../../configs/nginx-site.conf");
-    let start = shipped
-        .find("    location / {")
-        .expect("configs/nginx-site.conf has a `location /` block");
-    let end = start + shipped[start..].find("\n    }").expect("the block ends") + "\n    }".len();
-    shipped[start..end].replace("myapp", upstream).replace(
-        "include fastcgi_params;",
-        "include /etc/nginx/fastcgi_params;",
-    )
-}
-
 #[test]
 fn the_shipped_nginx_site_config_gives_asgi_the_right_root_path_and_path() {
     // `include fastcgi_params; fastcgi_param SCRIPT_NAME "";` sends SCRIPT_NAME twice (the
@@ -733,7 +718,7 @@ fn the_shipped_nginx_site_config_gives_asgi_the_right_root_path_and_path() {
         .arg(format!("unix:{}", sock.display()))
         .stdin(Stdio::null());
     let server = Server::from_command(cmd, None);
-    let location = shipped_location_block("pyfcgi");
+    let location = crate::fastapi::shipped_location("/", "pyfcgi");
     assert!(
         location.contains("fastcgi_param SCRIPT_NAME \"\";"),
         "{location}"
