@@ -178,6 +178,74 @@ class Window:
         return cpu_s, foreign
 
 
+PERF_EVENTS = ("instructions", "cycles", "cache-misses", "dTLB-load-misses", "iTLB-load-misses",
+               "context-switches", "cpu-migrations", "page-faults", "task-clock")
+
+
+def ctx_switches(pids):
+    """(voluntary, non-voluntary) context switches of every thread of `pids`, from /proc."""
+    vol = nonvol = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            nonvol += int(line.split()[1])
+            except OSError:
+                pass
+    return vol, nonvol
+
+
+class PerfStat:
+    """`perf stat` attached to a server's processes over a measuring window, plus the
+    voluntary and non-voluntary context switches of its threads from /proc. Counters the
+    machine does not expose (hardware counters in most VMs) come back as None."""
+
+    def __init__(self, pid):
+        self.pids = proc_tree(pid)
+        self.ctx = ctx_switches(self.pids)
+        self.out = tempfile.TemporaryFile(mode="w+")
+        self.proc = None
+        if shutil.which("perf"):
+            self.proc = subprocess.Popen(
+                ["perf", "stat", "-x,", "-e", ",".join(PERF_EVENTS),
+                 "-p", ",".join(map(str, self.pids))],
+                stdout=subprocess.DEVNULL, stderr=self.out)
+            time.sleep(0.2)  # attached before the window opens
+
+    def close(self, requests):
+        """Per-request values: {event: count per request or None}."""
+        vol, nonvol = ctx_switches(self.pids)
+        result = {e: None for e in PERF_EVENTS}
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.out.seek(0)
+            for line in self.out.read().splitlines():
+                fields = line.split(",")
+                if len(fields) < 3 or fields[2] not in result:
+                    continue
+                try:
+                    result[fields[2]] = float(fields[0]) / max(requests, 1)
+                except ValueError:
+                    pass  # "<not supported>", "<not counted>"
+        self.out.close()
+        result["voluntary-switches"] = (vol - self.ctx[0]) / max(requests, 1)
+        result["nonvoluntary-switches"] = (nonvol - self.ctx[1]) / max(requests, 1)
+        return result
+
+
 def log_tail(path, lines=15):
     try:
         with open(path, errors="replace") as f:
@@ -304,10 +372,15 @@ class Bench:
         a = self.args
         target = ["--connect", f"unix:{where}"]
         self.run_bench(self.bench_cmd(scenario, a.warmup, target, server.keep_conn))
+        perf = (PerfStat(proc.pid) if server.name in a.perf_servers
+                and scenario.name in a.perf_scenarios else None)
         window = Window(proc.pid, a.server_cpu)
         report, first_error = self.run_bench(
             self.bench_cmd(scenario, a.seconds, target, server.keep_conn))
-        return bench_result(report, first_error, *window.close())
+        result = bench_result(report, first_error, *window.close())
+        if perf is not None:
+            result["perf"] = perf.close(report.get("ok") or 0)
+        return result
 
     def direct_spawn(self, server, scenario):
         """wfastcgi: pyfcgi bench spawns the pool; its CPU is sampled from /proc during the run."""
@@ -439,6 +512,28 @@ class Bench:
             except subprocess.TimeoutExpired:
                 ngx.kill()
                 ngx.wait()
+
+    # --- the app alone: its floor ---
+
+    def floor(self, scenario):
+        """The app's own CPU per request with no server (bench/floor.py), on the server's core
+        and with the servers' interpreter; None for the POST scenario (its work is the body)."""
+        if scenario.post:
+            return None
+        a = self.args
+        file, attr = scenario.app_path()
+        cmd = ["taskset", "-c", a.server_cpu, a.python, os.path.join(BENCH, "floor.py"),
+               f"{file}:{attr}", f"{a.seconds:g}", f"{a.warmup:g}"]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCH,
+                                 timeout=a.seconds + a.warmup + 60)
+        except subprocess.TimeoutExpired:
+            log(f"  floor {scenario.name}: did not finish in time")
+            return None
+        if out.returncode != 0:
+            log(f"  floor {scenario.name}: {' '.join(cmd)} failed:\n{out.stderr.strip()[-600:]}")
+            return None
+        return json.loads(out.stdout)["cpu_us"]
 
     # --- one server, one scenario, every selected path ---
 
@@ -665,8 +760,19 @@ def median_of(runs, key):
     return statistics.median(values) if values else None
 
 
-def summarise(raw):
-    """Medians per (path, scenario, server). A cell with any failed run is failed."""
+def floors_of(raw_floors):
+    """The median floor per scenario (µs of CPU per request, the app alone)."""
+    by = {}
+    for f in raw_floors:
+        if f["cpu_us"] is not None:
+            by.setdefault(f["scenario"], []).append(f["cpu_us"])
+    return {k: statistics.median(v) for k, v in by.items()}
+
+
+def summarise(raw, floors=None):
+    """Medians per (path, scenario, server), with each one's overhead over the app's floor
+    (server CPU per response minus the floor). A cell with any failed run is failed."""
+    floors = floors or {}
     cells = {}
     for r in raw:
         cells.setdefault((r["path"], r["scenario"], r["server"]), []).append(r)
@@ -682,6 +788,15 @@ def summarise(raw):
                                    default=None),
             "ok": not problems, "problems": problems,
         })
+        cell = out[-1]
+        perf_runs = [r["perf"] for r in runs if r.get("perf")]
+        if perf_runs:
+            cell["perf"] = {k: median_of(perf_runs, k) for k in perf_runs[0]}
+        # The C responder runs no Python app: a Python floor means nothing for it.
+        floor = floors.get(scenario) if server != "c" else None
+        cell["floor_us"] = floor
+        cell["overhead_us"] = (cell["cpu_us"] - floor
+                               if floor is not None and cell["cpu_us"] is not None else None)
     return out
 
 
@@ -705,8 +820,9 @@ def markdown(summary, args):
         base_path = "direct" if path == "http" else path
         vs = "CPU vs pyfcgi direct" if path == "http" else "CPU vs pyfcgi"
         lines += [f"#### {path_titles[path]}", "",
-                  f"| scenario | server | requests/s | server CPU per response | p99 latency | errors "
-                  f"| {vs} |", "|---|---|---:|---:|---:|---:|---:|"]
+                  f"| scenario | server | requests/s | server CPU per response | app floor "
+                  f"| server overhead | p99 latency | errors | {vs} |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for scenario in args.scenarios:
             for server in args.servers:
                 s = by.get((path, scenario, server))
@@ -721,8 +837,15 @@ def markdown(summary, args):
                 lines.append(
                     f"| {SCENARIOS[scenario].title} | {SERVERS[server].label} "
                     f"| {fmt(s['rps'], ',.0f')} | {fmt(s['cpu_us'], '.1f', ' µs')} "
+                    f"| {fmt(s.get('floor_us'), '.1f', ' µs')} "
+                    f"| {fmt(s.get('overhead_us'), '.1f', ' µs')} "
                     f"| {fmt(s['p99_ms'], '.2f', ' ms')} | {status} | {ratio} |")
         lines.append("")
+    if any(s.get("floor_us") is not None for s in summary):
+        lines += ["*App floor*: the same app called in a loop in the same interpreter on the "
+                  "server's core, with no server (bench/floor.py, an environ like pyfcgi's). "
+                  "*Server overhead*: CPU per response minus the floor, what the server itself "
+                  "adds (sockets, FastCGI or HTTP, the environ, the response).", ""]
     failures = [s for s in summary if not s["ok"]]
     if failures:
         lines += ["Failed runs (not ranked):", ""]
@@ -737,8 +860,38 @@ def markdown(summary, args):
     return "\n".join(lines)
 
 
-def ratio_matrix(summary, args, path="direct"):
-    """pyfcgi's CPU per response divided by each peer's: below 1 means pyfcgi is cheaper."""
+def perf_table(summary):
+    """Per-request counters of the direct runs that had `perf stat` attached."""
+    rows = [s for s in summary if s.get("perf") and s["path"] == "direct"]
+    if not rows:
+        return ""
+    events = [e for e in (*PERF_EVENTS, "voluntary-switches", "nonvoluntary-switches")
+              if any(r["perf"].get(e) is not None for r in rows)]
+    missing = [e for e in PERF_EVENTS if e not in events]
+    names = {"task-clock": "task-clock (ms)"}
+    lines = ["| scenario | server | " + " | ".join(names.get(e, e) for e in events) + " |",
+             "|---|---|" + "---:|" * len(events)]
+    for r in sorted(rows, key=lambda r: (r["scenario"], r["server"])):
+        cells = []
+        for e in events:
+            v = r["perf"].get(e)
+            if v is None:
+                cells.append("–")
+            else:
+                cells.append((f"{v:,.0f}" if v >= 100 else f"{v:.3f}").replace(",", " "))
+        lines.append(f"| {SCENARIOS[r['scenario']].title} | {SERVERS[r['server']].label} | "
+                     + " | ".join(cells) + " |")
+    note = ("Per response, over the measuring window (`perf stat -p`; voluntary and "
+            "non-voluntary switches of every thread from /proc).")
+    if missing:
+        note += (f" Not exposed on this machine: {', '.join(missing)} (`perf stat` says "
+                 "<not supported>; hardware counters are usually hidden inside a VM).")
+    return "\n".join(lines) + "\n\n" + note
+
+
+def ratio_matrix(summary, args, path="direct", key="cpu_us"):
+    """pyfcgi's CPU per response (or `key`: overhead_us) divided by each peer's: below 1
+    means pyfcgi is cheaper."""
     by = {(s["path"], s["scenario"], s["server"]): s for s in summary}
     measured = {(s["server"]) for s in summary}
     peers = [p for p in args.servers if p != "pyfcgi" and p in measured]
@@ -751,11 +904,16 @@ def ratio_matrix(summary, args, path="direct"):
         cells = []
         for p in peers:
             s = by.get(("http" if SERVERS[p].kind == "http" else path, scenario, p))
-            if not (s and base and s["ok"] and base["ok"] and s["cpu_us"] and base["cpu_us"]):
+            if not (s and base and s["ok"] and base["ok"] and s.get(key) and base.get(key)
+                    and s[key] > 0):
                 cells.append("–" if not s or s["ok"] else "failed")
             else:
-                cells.append(f"{base['cpu_us'] / s['cpu_us']:.2f}")
+                cells.append(f"{base[key] / s[key]:.2f}")
+        if key != "cpu_us" and all(c == "–" for c in cells):
+            continue
         lines.append(f"| {SCENARIOS[scenario].title} | " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return ""
     return "\n".join(lines)
 
 
@@ -812,7 +970,7 @@ def noise_note(raw, config):
             f"after up to {config['noise_retries']} retries.")
 
 
-def docs_section(info, config, elapsed, table, ratios, charts, noise):
+def docs_section(info, config, elapsed, table, ratios, charts, noise, overhead="", perf=""):
     peers = ", ".join(f"{k} {v}" for k, v in info.get("peers", {}).items())
     lines = [
         DOC_BEGIN, "",
@@ -829,7 +987,13 @@ def docs_section(info, config, elapsed, table, ratios, charts, noise):
         lines += ["**pyfcgi's CPU per response divided by each peer's** (direct path; HTTP "
                   "references through wrk). Below 1: pyfcgi spends less CPU per response.", "",
                   ratios, ""]
+    if overhead:
+        lines += ["**pyfcgi's server overhead divided by each peer's** (CPU per response minus "
+                  "the app's floor; the scenarios with a floor). Below 1: pyfcgi adds less.", "",
+                  overhead, ""]
     lines += [table, ""]
+    if perf:
+        lines += ["#### Counters per response (direct path)", "", perf, ""]
     lines += [f"![{name}](bench/{name}.png)\n" for name in charts]
     lines += ["", DOC_END]
     return "\n".join(lines)
@@ -938,6 +1102,16 @@ def parse_args(argv):
                          "this %% of the server's core (default 10)")
     ap.add_argument("--noise-retries", type=int, default=1, choices=range(0, 6), metavar="N",
                     help="how many times to measure again (0 to 5, default 1)")
+    ap.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                    help="measure each app alone (bench/floor.py) for the floor and overhead "
+                         "columns (default on)")
+    ap.add_argument("--perf-servers", type=lambda t: parse_list(t, list(SERVERS), "server"),
+                    default=["pyfcgi", "uwsgi"],
+                    help="servers whose direct runs get `perf stat` and context-switch counts "
+                         "(default pyfcgi,uwsgi)")
+    ap.add_argument("--perf-scenarios", type=lambda t: parse_list(t, list(SCENARIOS), "scenario"),
+                    default=["django", "flask", "hello"],
+                    help="scenarios measured that way (default django,flask,hello)")
     ap.add_argument("--load-cpu", default="0")
     ap.add_argument("--server-cpu", default="1" if (os.cpu_count() or 1) > 1 else "0")
     ap.add_argument("--start-timeout", type=positive(float), default=30.0)
@@ -1026,7 +1200,7 @@ def main(argv):
     total = runs * args.reps
     log(f"run: {len(pairs)} server/scenario pairs, {total} measurements of {args.seconds:g} s "
         f"(+{args.warmup:g} s warm-up); server on CPU {args.server_cpu}, load on CPU {args.load_cpu}")
-    raw, done, started = [], 0, time.monotonic()
+    raw, raw_floors, done, started = [], [], 0, time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pyfcgi-bench-") as work:
         # A copy, so that a rebuild of target/release during the run cannot mix two versions.
         built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(args.pyfcgi)))
@@ -1034,7 +1208,14 @@ def main(argv):
         info = machine(args)
         info["pyfcgi_built"] = built
         bench = Bench(args, work)
+        scenarios = list(dict.fromkeys(scenario.name for _, scenario in pairs))
         for rep in range(1, args.reps + 1):
+            if args.floor:
+                for name in scenarios:
+                    cpu = bench.floor(SCENARIOS[name])
+                    raw_floors.append({"scenario": name, "rep": rep, "cpu_us": cpu})
+                    if cpu is not None:
+                        log(f"rep {rep}/{args.reps} {name}: app floor {cpu:.1f} µs CPU/request")
             for server, scenario in pairs:
                 results = measure_quietly(bench, server, scenario, rep)
                 for path, r in results.items():
@@ -1053,28 +1234,41 @@ def main(argv):
                     log(f"[{done}/{total}, ETA {eta / 60:.1f} min] rep {rep}/{args.reps} "
                         f"{scenario.name} {path} {server.name}: {outcome}")
     elapsed = time.monotonic() - started
-    summary = summarise(raw)
+    floors = floors_of(raw_floors)
+    summary = summarise(raw, floors)
     config = {k: getattr(args, k) for k in ("seconds", "warmup", "reps", "servers", "scenarios",
                                              "paths", "workers", "connections", "load_cpu",
                                              "server_cpu", "max_noise", "noise_retries",
-                                             "smoke")}
+                                             "smoke", "floor", "perf_servers",
+                                             "perf_scenarios")}
     table = markdown(summary, args)
     ratios = ratio_matrix(summary, args)
+    overhead = ratio_matrix(summary, args, key="overhead_us")
+    perf = perf_table(summary)
     noise = noise_note(raw, config)
     os.makedirs(args.out, exist_ok=True)
     result_file = os.path.join(args.out, "results.json")
     with open(result_file, "w") as f:
         json.dump({"machine": info, "config": config, "elapsed_s": round(elapsed, 1), "noise": noise,
-                   "skipped": skipped, "summary": summary, "runs": raw}, f, indent=1)
+                   "skipped": skipped, "floors": floors, "floor_runs": raw_floors,
+                   "summary": summary, "runs": raw}, f, indent=1)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table + ("\n" + ratios + "\n" if ratios else ""))
+        f.write(table + ("\n" + ratios + "\n" if ratios else "")
+                + ("\n" + overhead + "\n" if overhead else "")
+                + ("\n" + perf + "\n" if perf else ""))
     print(table)
     if ratios:
         print("pyfcgi CPU per response ÷ the peer's (below 1: pyfcgi is cheaper), direct path:\n")
         print(ratios)
+    if overhead:
+        print("\npyfcgi's overhead over the app's floor ÷ the peer's (below 1: pyfcgi adds less):\n")
+        print(overhead)
+    if perf:
+        print("\n" + perf)
     if args.docs:
         charts = draw_charts(args, result_file)
-        write_docs(args, docs_section(info, config, elapsed, table, ratios, charts, noise))
+        write_docs(args, docs_section(info, config, elapsed, table, ratios, charts, noise,
+                                      overhead, perf))
         log(f"run: wrote docs/benchmarks.md and {len(charts)} charts in docs/bench/")
     if noise:
         log(f"run: {noise}")
