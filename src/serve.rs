@@ -358,6 +358,11 @@ async fn serve_async<H: pyfcgi_server::Handler>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<ServeOutcome> {
     let connected = listener.is_connected_stream();
+    if settings.io_threads <= 1 {
+        // This thread is the only I/O thread: it must not preempt the app's threads on every
+        // request's arrival (pyfcgi_server::sched explains).
+        pyfcgi_server::sched::io_thread();
+    }
     let limits = Limits {
         max_params_bytes: settings.max_params_bytes,
         max_params_pairs: settings.max_params,

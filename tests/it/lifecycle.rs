@@ -297,3 +297,43 @@ fn inherited_connected_socket_on_stdin_serves_then_exits_0_on_close() {
         server.log()
     );
 }
+
+/// Each thread of `pid`: (name, scheduling policy) from /proc (`stat` field 41).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // Fields after the command name (which ends with the last ')'): state is field 3.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let policy = rest
+            .split_whitespace()
+            .nth(41 - 3)
+            .and_then(|p| p.parse().ok());
+        out.push((name.trim().to_owned(), policy.unwrap_or(u32::MAX)));
+    }
+    out
+}
+
+#[test]
+fn the_io_thread_does_not_preempt_the_python_threads() {
+    // SCHED_BATCH (3) for the one I/O thread, the normal policy (0) for the app's threads,
+    // which would otherwise inherit it (pyfcgi_server::sched).
+    let spec = format!("{}/pep3333.py:hello", crate::wsgi::APPS);
+    let server = Server::tcp_env(&[&spec, "--threads", "2"], crate::wsgi::PY_ENV);
+    let r = roundtrip(&server, &[("REQUEST_METHOD", "GET")], b"");
+    assert!(r.stdout.starts_with(b"Status: 200"), "{}", server.log());
+    let threads = thread_policies(server.pid());
+    let main = threads.iter().find(|(n, _)| n == "pyfcgi");
+    assert_eq!(main.map(|t| t.1), Some(3), "{threads:?}");
+    let python: Vec<_> = threads
+        .iter()
+        .filter(|(n, _)| n.starts_with("pyfcgi-py-"))
+        .collect();
+    assert_eq!(python.len(), 2, "{threads:?}");
+    assert!(python.iter().all(|(_, p)| *p == 0), "{threads:?}");
+}

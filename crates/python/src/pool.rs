@@ -270,7 +270,10 @@ impl WorkerPool {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("pyfcgi-py-{i}"))
-                    .spawn(move || worker(i, &rx, &app, &cfg, dog.as_ref()))?,
+                    .spawn(move || {
+                        pyfcgi_server::sched::app_thread();
+                        worker(i, &rx, &app, &cfg, dog.as_ref());
+                    })?,
             );
         }
         Ok(Self { threads })

@@ -11,6 +11,7 @@
 //! * [`process`]: the rest of being started by IIS: standard handles, the shutdown event.
 //! * [`serve`](mod@serve): the accept loop, connection limits and graceful shutdown.
 //! * [`builtin`]: the built-in `hello`, `echo` and `env` handlers.
+//! * [`sched`]: the I/O thread does not preempt the app's threads on the core they share.
 //!
 //! Nothing here knows about Python; the Python layer is one more [`Handler`].
 
@@ -23,6 +24,7 @@ pub mod observe;
 mod out;
 pub mod process;
 pub mod proxy;
+pub mod sched;
 pub mod serve;
 pub mod transport;
 

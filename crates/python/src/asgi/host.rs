@@ -224,6 +224,7 @@ impl AsgiHost {
         let thread = std::thread::Builder::new()
             .name("pyfcgi-asgi".into())
             .spawn(move || {
+                pyfcgi_server::sched::app_thread();
                 let cfg = bridge_shared.cfg.clone();
                 let result = Python::attach(|py| {
                     run_loop(
