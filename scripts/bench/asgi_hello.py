@@ -1,6 +1,8 @@
-"""ASGI hello world for scripts/bench/asgi: a Starlette app, and the same as a raw ASGI
-callable, so the framework's cost and the server's cost can be told apart."""
+"""ASGI hello worlds for scripts/bench/asgi: Starlette (`app`), FastAPI (`fastapi_app`) and a
+raw ASGI callable (`raw`), so the framework's cost and the server's cost can be told apart."""
 
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse as FastAPIText
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -11,6 +13,13 @@ async def hello(request):
 
 
 app = Starlette(routes=[Route("/hello", hello)])
+
+fastapi_app = FastAPI()
+
+
+@fastapi_app.get("/hello", response_class=FastAPIText)
+async def fastapi_hello():
+    return "Hello, World!"
 
 
 async def raw(scope, receive, send):
