@@ -115,6 +115,9 @@ SERVERS = {s.name: s for s in [
            "flup.server.fcgi_fork: pre-forked processes, one connection each"),
     Server("wfastcgi", "wfastcgi", "spawn", True, True,
            "IIS-style: processes with the FastCGI stream on stdin (`pyfcgi bench --spawn-pool`)"),
+    Server("pyfcgi-iis", "pyfcgi (IIS-style)", "spawn", True, False,
+           "pyfcgi run as IIS runs it, like wfastcgi: `pyfcgi bench --spawn-pool N --iis -- "
+           "pyfcgi serve`, the app from the Web.config"),
     Server("c", "C libfcgi", "fastcgi", False, False,
            "bench/c/responder.c: no Python, the ceiling; one connection at a time per thread"),
     Server("granian", "Granian (HTTP)", "http", True, True, "HTTP reference: `--interface wsgi`"),
@@ -383,18 +386,26 @@ class Bench:
         return result
 
     def direct_spawn(self, server, scenario):
-        """wfastcgi: pyfcgi bench spawns the pool; its CPU is sampled from /proc during the run."""
+        """wfastcgi, or pyfcgi run the same way (IIS's model): pyfcgi bench spawns the pool,
+        each process gets its FastCGI stream on stdin and reads the app from the Web.config of
+        the request's APPL_PHYSICAL_PATH; the pool's CPU is sampled from /proc during the run."""
         a = self.args
-        app_dir = os.path.join(self.work, f"wfastcgi-{scenario.name}")
+        app_dir = os.path.join(self.work, f"{server.name}-{scenario.name}")
         os.makedirs(app_dir, exist_ok=True)
         module, attr = scenario.module_attr()
-        with open(os.path.join(app_dir, "Web.config"), "w") as f:
+        # wfastcgi opens "Web.config", pyfcgi "web.config": one name on Windows, two on Linux.
+        name = "Web.config" if server.name == "wfastcgi" else "web.config"
+        with open(os.path.join(app_dir, name), "w") as f:
             f.write(WEB_CONFIG.format(handler=f"{module}.{attr}", pythonpath=BENCH))
         target = ["--spawn-pool", str(self.workers(server)), "--iis",
                   "--param", f"APPL_PHYSICAL_PATH={app_dir}"]
         cmd = self.bench_cmd(scenario, a.seconds, target, True, warmup=a.warmup)
-        cmd += ["--", "taskset", "-c", a.server_cpu, self.venv_python,
-                os.path.join(BENCH, "wfastcgi_linux.py")]
+        if server.name == "wfastcgi":
+            cmd += ["--", "taskset", "-c", a.server_cpu, self.venv_python,
+                    os.path.join(BENCH, "wfastcgi_linux.py")]
+        else:
+            cmd += ["--", "taskset", "-c", a.server_cpu, a.pyfcgi, "serve", "--log-level", "warn",
+                    *(["--venv", a.venv] if scenario.framework else [])]
         sampler = TreeSampler()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             bench = subprocess.Popen(cmd, stdout=out, stderr=err)
