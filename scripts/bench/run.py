@@ -905,13 +905,15 @@ def ratio_matrix(summary, args, path="direct", key="cpu_us"):
     means pyfcgi is cheaper."""
     by = {(s["path"], s["scenario"], s["server"]): s for s in summary}
     measured = {(s["server"]) for s in summary}
-    peers = [p for p in args.servers if p != "pyfcgi" and p in measured]
-    if "pyfcgi" not in measured or not peers:
+    # pyfcgi run IIS-style is the base when only it is measured (against wfastcgi).
+    me = "pyfcgi" if "pyfcgi" in measured else "pyfcgi-iis"
+    peers = [p for p in args.servers if p not in ("pyfcgi", me) and p in measured]
+    if me not in measured or not peers:
         return ""
     lines = ["| scenario | " + " | ".join(SERVERS[p].label for p in peers) + " |",
              "|---|" + "---:|" * len(peers)]
     for scenario in args.scenarios:
-        base = by.get((path, scenario, "pyfcgi"))
+        base = by.get((path, scenario, me))
         cells = []
         for p in peers:
             s = by.get(("http" if SERVERS[p].kind == "http" else path, scenario, p))
@@ -1088,7 +1090,9 @@ def parse_args(argv):
                     help="unmeasured load before each run (default 1)")
     ap.add_argument("--reps", type=positive(int), default=3, help="repetitions, medians (default 3)")
     ap.add_argument("--servers", type=lambda t: parse_list(t, list(SERVERS), "server"),
-                    default=list(SERVERS), help="comma-separated: " + ",".join(SERVERS))
+                    default=[s for s in SERVERS if s != "pyfcgi-iis"],
+                    help="comma-separated: " + ",".join(SERVERS) + " (default: all but "
+                         "pyfcgi-iis, which is for comparing with wfastcgi)")
     ap.add_argument("--scenarios", type=lambda t: parse_list(t, list(SCENARIOS), "scenario"),
                     default=list(SCENARIOS), help="comma-separated: " + ",".join(SCENARIOS))
     ap.add_argument("--paths", type=lambda t: parse_list(t, list(PATHS), "path"),
