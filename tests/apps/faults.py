@@ -26,6 +26,29 @@ class _CloseRaises:
         raise RuntimeError("close() failure marker")
 
 
+class _CloseWaits:
+    """A body complete by its Content-Length whose close() waits for `<side>.go` (20 s at most)."""
+
+    def __init__(self, environ):
+        self.environ = environ
+
+    def __iter__(self):
+        yield b"complete body"
+        yield b""
+
+    def close(self):
+        _side(self.environ, "close started")
+        go = self.environ.get("PYFCGI_TEST_SIDE", "") + ".go"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                open(go).close()
+                break
+            except OSError:
+                time.sleep(0.01)
+        _side(self.environ, "closed")
+
+
 class _Big:
     """`total` bytes in 64 KiB chunks, recording close()."""
 
@@ -53,6 +76,9 @@ def application(environ, start_response):
     if mode == "close_raises":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
         return _CloseRaises(environ)
+    if mode == "close_waits":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
+        return _CloseWaits(environ)
     if mode.startswith("big="):
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return _Big(environ, int(mode[4:]))

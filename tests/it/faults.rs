@@ -89,6 +89,56 @@ fn close_raising_after_a_complete_response_is_logged_and_the_response_stands() {
     assert_serves(&server);
 }
 
+/// A body that reaches its Content-Length ends the response there: the web server has it
+/// (and may reuse the request id) while the app's close() still runs, and a request timeout
+/// that fires during that close() sends nothing more for the id.
+#[test]
+fn a_complete_body_is_answered_before_close_returns_and_its_id_can_be_reused() {
+    let dir = TempDir::new("close-waits");
+    let side = dir.path().join("side");
+    let side_s = side.display().to_string();
+    let server = Server::tcp(&[&spec(), "--threads", "2", "--request-timeout", "2"]);
+    let mut s = server.connect();
+    let first = [
+        ("REQUEST_METHOD", "GET"),
+        ("QUERY_STRING", "close_waits"),
+        ("PYFCGI_TEST_SIDE", side_s.as_str()),
+    ];
+    s.write_all(&request_bytes(1, true, &first, b"")).unwrap();
+    let r = read_response(&mut s, 1).unwrap_or_else(|e| panic!("{e}; log:\n{}", server.log()));
+    assert!(text(&r).ends_with("\r\n\r\ncomplete body"), "{}", text(&r));
+    assert_eq!(r.app_status, 0);
+    let got = wait_for(&side, "close started");
+    assert!(got.contains("close started"), "{got}");
+    assert!(
+        !got.contains("closed"),
+        "the response waited for close(): {got}"
+    );
+    // The request timeout fires while close() still waits: the response stands as it was.
+    assert!(
+        server.wait_log("the response was already complete"),
+        "{}",
+        server.log()
+    );
+    // Same connection, same id, while the first request's close() is still running: a stray
+    // record for id 1 from the first request would end this response early.
+    let again = [("REQUEST_METHOD", "GET"), ("QUERY_STRING", "")];
+    s.write_all(&request_bytes(1, true, &again, b"")).unwrap();
+    let r = read_response(&mut s, 1).unwrap_or_else(|e| panic!("{e}; log:\n{}", server.log()));
+    assert!(
+        text(&r).ends_with("\r\n\r\nok"),
+        "{}\nlog:\n{}",
+        text(&r),
+        server.log()
+    );
+    assert!(!wait_for(&side, "close started").contains("closed"));
+    std::fs::write(format!("{side_s}.go"), "").unwrap();
+    assert!(wait_for(&side, "closed").contains("closed"));
+    assert_serves(&server);
+    let log = server.log();
+    assert!(!log.contains("response writer missing"), "{log}");
+}
+
 #[test]
 fn a_client_that_vanishes_mid_upload_frees_the_only_worker() {
     let dir = TempDir::new("mid-upload");

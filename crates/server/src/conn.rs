@@ -11,7 +11,8 @@
 //! An id is released before its `FCGI_END_REQUEST` can reach the socket, so a web server that
 //! reuses the id right after reading the END_REQUEST never races the release.
 
-use std::collections::HashMap;
+// Request ids are small integers chosen by the web server: foldhash, not SipHash.
+use foldhash::{HashMap, HashMapExt};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

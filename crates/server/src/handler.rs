@@ -262,6 +262,9 @@ struct Claim {
     sent: bool,
     /// The takeover answered the request; the writer's writes fail from now on.
     taken: bool,
+    /// The writer ended the response: the request id may already serve another request, so
+    /// a takeover must send nothing (the handler can still be running, e.g. in `close()`).
+    ended: bool,
 }
 
 /// Answers a request in place of its writer, if the writer has sent nothing yet (a request
@@ -290,7 +293,7 @@ impl Takeover {
             .claim
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if c.sent || c.taken {
+        if c.sent || c.taken || c.ended {
             return false;
         }
         c.taken = true;
@@ -307,7 +310,7 @@ impl Takeover {
             .claim
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if c.taken {
+        if c.taken || c.ended {
             return false;
         }
         c.taken = true;
@@ -502,6 +505,25 @@ impl ResponseWriter {
         self.push(&data, None).map(|()| None)
     }
 
+    /// Sends `data` and ends the response in one write if that needs no waiting; otherwise
+    /// hands both back (`Err((self, data))`) to be written and ended the usual way. For a body
+    /// that is complete before its producer is done (a WSGI iterable that reached its
+    /// Content-Length): the web server gets the end at once, not after the app's `close()`.
+    pub fn try_write_and_end(
+        mut self,
+        data: Bytes,
+        app_status: u32,
+    ) -> Result<Result<(), WriteError>, (Self, Bytes)> {
+        let Some(out) = self.out.as_ref() else {
+            return Ok(Err(WriteError::Closed));
+        };
+        if !self.gate.is_open() || out.is_full() {
+            return Err((self, data));
+        }
+        self.held.extend_from_slice(&data);
+        Ok(self.finish(app_status))
+    }
+
     /// Keeps `data` to send with the next write or the end, when it is small; false when it
     /// must be written now. For a body known to be complete (a WSGI list), so the head, the
     /// body and the end leave in one write.
@@ -574,11 +596,23 @@ impl ResponseWriter {
     fn finish(&mut self, app_status: u32) -> Result<(), WriteError> {
         let end = self.end_marker(app_status);
         let r = self.push(&[], Some(end));
+        self.mark_ended();
         self.note_end(app_status);
         if let Some(out) = self.out.take() {
             out.writer_finished();
         }
         r
+    }
+}
+
+impl ResponseWriter {
+    /// Tells a takeover that the response has ended (see [`Claim::ended`]).
+    fn mark_ended(&self) {
+        if let Some(c) = self.claim.as_ref() {
+            c.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .ended = true;
+        }
     }
 }
 
@@ -595,6 +629,7 @@ impl Drop for ResponseWriter {
             return;
         }
         let end = self.end_marker(1);
+        self.mark_ended();
         if self.held.is_empty() || self.gate.is_open() {
             let _ = out.push(RecordType::Stdout, self.id, &self.held, Some(end));
             out.writer_finished();

@@ -29,7 +29,9 @@ pub(crate) fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
 /// interned strings, whose hash Python caches, instead of decoding and hashing them anew.
 fn key<'py>(py: Python<'py>, name: &[u8]) -> Bound<'py, PyString> {
     use std::cell::RefCell;
-    use std::collections::HashMap;
+    // foldhash rather than SipHash: hashing these short keys was 2% of a hello-world
+    // request; the table is bounded (MAX_KEYS), so flooding it with crafted names gains nothing.
+    use foldhash::{HashMap, HashMapExt};
     const MAX_KEYS: usize = 512;
     const MAX_KEY_LEN: usize = 64;
     thread_local! {

@@ -265,9 +265,28 @@ fn finish(
             }
         }
     };
-    let headers_sent = start.lock().headers_sent;
-    let closed = start.lock().closed;
+    let (headers_sent, closed, ended) = {
+        let st = start.lock();
+        (st.headers_sent, st.closed, st.ended)
+    };
     let Some(writer) = start.take_writer() else {
+        if ended {
+            // The response went out whole when the body reached its Content-Length; what
+            // went wrong afterwards (in the iterable's tail or its close()) is only logged.
+            match failure {
+                None => {}
+                Some(Failure::Exit(tb)) => {
+                    error!(request = %id, method, path,
+                        "the application raised SystemExit/KeyboardInterrupt after its response was complete; shutting down gracefully:\n{tb}");
+                    cfg.shutdown.cancel();
+                }
+                Some(Failure::Exception(tb)) => {
+                    error!(request = %id, method, path,
+                        "application error after its response was complete (the client has it):\n{tb}");
+                }
+            }
+            return;
+        }
         if closed {
             // The write that found the connection gone consumed the writer.
             info!(

@@ -18,6 +18,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 use tracing::warn;
 
+// Four independent facts about one response (head out, excess logged, connection gone,
+// ended at its Content-Length), each read on its own: not a state machine.
+#[allow(clippy::struct_excessive_bools)]
 pub(crate) struct ResponseState {
     /// Taken out while sending (the GIL is released then; the lock must not be held).
     pub(crate) writer: Option<ResponseWriter>,
@@ -30,6 +33,9 @@ pub(crate) struct ResponseState {
     pub(crate) request: RequestId,
     /// The connection is gone; further writes fail fast.
     pub(crate) closed: bool,
+    /// The body reached its Content-Length and the response was ended with it, before the
+    /// app's iterable was exhausted and closed (the writer is gone; later bytes are excess).
+    pub(crate) ended: bool,
     /// Fires on FCGI_ABORT_REQUEST: the next write fails like a closed connection.
     abort: AbortSignal,
     /// Whether body bytes go out (HEAD, 204 and 304 responses end with the head).
@@ -65,6 +71,7 @@ impl StartResponse {
                 overflow_logged: false,
                 request,
                 closed: false,
+                ended: false,
                 abort: AbortSignal::default(),
                 body: if head_request {
                     BodyRule::DropForHead
@@ -117,7 +124,7 @@ impl StartResponse {
     }
 
     fn send(&self, py: Python<'_>, data: &[u8], head_only: bool, last: bool) -> PyResult<()> {
-        let (out, mut writer) = {
+        let (out, writer, complete) = {
             let mut st = self.lock();
             if st.closed || st.abort.is_aborted() {
                 st.closed = true;
@@ -162,7 +169,29 @@ impl StartResponse {
                     "the response is being written by another thread",
                 ));
             };
-            (out.freeze(), writer)
+            let complete = st.body == BodyRule::Send && st.content_length == Some(st.body_sent);
+            (out.freeze(), writer, complete)
+        };
+        // The body is complete: end the response with it, in one write, rather than after
+        // the app's iterable runs out and its close() returns (Flask's and Django's responses
+        // are iterators; that was a second write per request, and the client waited for
+        // close()). Anything the iterable yields later is excess and dropped, as above.
+        let (mut writer, out) = if complete && !head_only {
+            match writer.try_write_and_end(out, 0) {
+                Ok(result) => {
+                    let mut st = self.lock();
+                    return if result.is_ok() {
+                        st.ended = true;
+                        Ok(())
+                    } else {
+                        st.closed = true;
+                        Err(client_gone())
+                    };
+                }
+                Err(back) => back,
+            }
+        } else {
+            (writer, out)
         };
         if last && writer.defer(&out) {
             self.lock().writer = Some(writer);
