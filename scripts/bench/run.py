@@ -953,7 +953,10 @@ def machine(args):
         .replace("debian/", "").strip(),
         "gcc": command_output(["gcc", "-dumpfullversion"]),
         "libfcgi": command_output(["dpkg-query", "-W", "-f=${Version}", "libfcgi-dev"]),
-        "pyfcgi": command_output([args.pyfcgi, "--version"]).replace("pyfcgi ", ""),
+        # The first line: the version and the revision the binary was built from (the rest
+        # describes the Python it finds).
+        "pyfcgi": (command_output([args.pyfcgi, "--version"]).splitlines() or [""])[0]
+        .replace("pyfcgi ", ""),
         "pyfcgi_commit": command_output(["git", "-C", ROOT, "describe", "--always", "--dirty"]),
     }
     if os.path.exists(os.path.join(args.venv, "bin", "python")):
