@@ -483,8 +483,12 @@ fn check_handler(args: &DoctorArgs, site: &mut Site) -> Finding {
                 h.name, h.script_processor
             ));
         }
+        if wfastcgi.is_empty() {
+            return f.fix(enable_hint);
+        }
         return f.fix(format!(
-            "{enable_hint}; then remove the wfastcgi handler (see docs/migrating-from-wfastcgi.md)"
+            "run `pyfcgi iis enable --app-root {} --replace-wfastcgi` as Administrator: it writes pyfcgi's handler, takes wfastcgi's out and registers pyfcgi with IIS (docs/migrating-from-wfastcgi.md)",
+            site.root.display()
         ));
     };
     let registered = Registration::from_script_processor(&handler.script_processor);

@@ -784,6 +784,13 @@ fn a_wfastcgi_site_is_migrated_and_the_old_handler_flagged() {
         "{}",
         out.stdout
     );
+    assert!(
+        out.stdout.contains(&format!(
+            "fix: run `pyfcgi iis enable --app-root {root} --replace-wfastcgi` as Administrator"
+        )),
+        "{}",
+        out.stdout
+    );
 
     let out = ok(&[
         "iis",
