@@ -114,6 +114,8 @@ struct Site {
     /// The settings exactly as `serve` resolves them for this folder (the first-request
     /// setup under IIS), with doctor's own --app/--venv on top.
     resolved: Option<pyfcgi_settings::Resolution>,
+    /// How long importing the app took (set by the import check when it passed).
+    import_seconds: Option<f64>,
 }
 
 /// Runs the checks and prints them. Exit 0 when none failed.
@@ -181,6 +183,7 @@ fn run(args: &DoctorArgs) -> Vec<Finding> {
         fastcgi: None,
         registered: None,
         resolved: None,
+        import_seconds: None,
     };
     out.push(check_web_config(&mut site));
     if site.fastcgi.as_ref().is_some_and(|f| f.has_fastcgi_section) {
@@ -199,7 +202,6 @@ fn run(args: &DoctorArgs) -> Vec<Finding> {
     site.resolved = Some(res);
     let app = resolve_app(&site);
     out.push(check_app(app.as_ref(), &site));
-    out.push(check_registration(args, &site));
     let venv = resolve_venv(&site);
     out.extend(check_profile_paths(
         &site,
@@ -214,8 +216,15 @@ fn run(args: &DoctorArgs) -> Vec<Finding> {
     out.push(if args.no_import {
         Finding::new(Status::Skip, "import: --no-import")
     } else {
-        check_import(app.as_ref(), venv.as_ref(), &site)
+        let started = std::time::Instant::now();
+        let f = check_import(app.as_ref(), venv.as_ref(), &site);
+        if f.status == Status::Pass {
+            site.import_seconds = Some(started.elapsed().as_secs_f64());
+        }
+        f
     });
+    // IIS's limits last: the activity timeout is compared with the import time.
+    out.extend(check_registration(args, &site));
     out
 }
 
@@ -474,8 +483,12 @@ fn check_handler(args: &DoctorArgs, site: &mut Site) -> Finding {
                 h.name, h.script_processor
             ));
         }
+        if wfastcgi.is_empty() {
+            return f.fix(enable_hint);
+        }
         return f.fix(format!(
-            "{enable_hint}; then remove the wfastcgi handler (see docs/migrating-from-wfastcgi.md)"
+            "run `pyfcgi iis enable --app-root {} --replace-wfastcgi` as Administrator: it writes pyfcgi's handler, takes wfastcgi's out and registers pyfcgi with IIS (docs/migrating-from-wfastcgi.md)",
+            site.root.display()
         ));
     };
     let registered = Registration::from_script_processor(&handler.script_processor);
@@ -504,42 +517,50 @@ fn check_handler(args: &DoctorArgs, site: &mut Site) -> Finding {
     let mut f = if handler.script_processor == expected {
         Finding::new(
             Status::Pass,
-            "handler mapping: scriptProcessor is what `pyfcgi iis enable` writes for this pyfcgi",
+            "handler mapping: pyfcgi's handler runs this pyfcgi.exe for this app folder",
         )
         .detail(format!("scriptProcessor: {expected}"))
     } else {
         Finding::new(
             Status::Fail,
-            "handler mapping: scriptProcessor differs from what `pyfcgi iis enable` writes for this pyfcgi",
+            "handler mapping: pyfcgi's handler runs another command than this pyfcgi expects (pyfcgi.exe, app folder, --app or --venv differ)",
         )
         .detail(format!("web.config: {}", handler.script_processor))
         .detail(format!("expected:   {expected}"))
         .fix(enable_hint)
     };
     f = f.detail(buffering);
-    if !wfastcgi.is_empty() {
-        // IIS runs the first handler in the list whose path matches; enable appends pyfcgi's.
+    let replace_hint = format!(
+        "run `pyfcgi iis enable --app-root {} --replace-wfastcgi` as Administrator: it puts pyfcgi's handler first, takes wfastcgi's out and unregisters wfastcgi's FastCGI application if no other site uses it",
+        site.root.display()
+    );
+    if let Some(first) = fastcgi.wfastcgi_answers() {
+        // IIS runs the first handler in the list whose path matches.
         f.status = Status::Fail;
+        f.title = format!(
+            "handler order: wfastcgi's handler {:?} comes before pyfcgi's in web.config, so IIS runs wfastcgi for every request and pyfcgi for none",
+            first.name
+        );
+        f = f.detail(format!("{:?}: {}", first.name, first.script_processor));
+        f.fix = Some(replace_hint);
+    } else if !wfastcgi.is_empty() {
+        if f.status == Status::Pass {
+            f.status = Status::Warn;
+        }
         for h in &wfastcgi {
             f = f.detail(format!(
-                "handler {:?} still runs wfastcgi ({}), and IIS may pick it first",
+                "wfastcgi's handler {:?} is still in web.config, after pyfcgi's (so it answers nothing): {}",
                 h.name, h.script_processor
             ));
         }
-        let names: Vec<String> = wfastcgi.iter().map(|h| format!("{:?}", h.name)).collect();
-        let remove = format!(
-            "delete the <add name={}> handler from web.config, then run wfastcgi-disable",
-            names.join("/")
-        );
-        f.fix = Some(match f.fix.take() {
-            Some(first) => format!("{first}; {remove}"),
-            None => remove,
-        });
+        if f.fix.is_none() {
+            f.fix = Some(replace_hint);
+        }
     }
     f
 }
 
-fn default_applicationhost() -> Option<PathBuf> {
+pub fn default_applicationhost() -> Option<PathBuf> {
     let windir =
         webconfig::process_env("windir").or_else(|| webconfig::process_env("SystemRoot"))?;
     Some(
@@ -551,16 +572,29 @@ fn default_applicationhost() -> Option<PathBuf> {
     )
 }
 
-fn check_registration(args: &DoctorArgs, site: &Site) -> Finding {
+/// The `<fastCgi><application>` pyfcgi's handler names, or the finding that says why there
+/// is none to check.
+fn find_registration(
+    args: &DoctorArgs,
+    site: &Site,
+) -> Result<register::FastCgiApplication, Finding> {
     let title = "FastCGI registration (applicationHost.config)";
     let path = match &args.applicationhost {
         Some(p) => p.clone(),
         None if cfg!(windows) => match default_applicationhost() {
             Some(p) => p,
-            None => return Finding::new(Status::Skip, format!("{title}: %windir% is not set")),
+            None => {
+                return Err(Finding::new(
+                    Status::Skip,
+                    format!("{title}: %windir% is not set"),
+                ));
+            }
         },
         None => {
-            return Finding::new(Status::Skip, format!("{title}: not on Windows"));
+            return Err(Finding::new(
+                Status::Skip,
+                format!("{title}: not on Windows"),
+            ));
         }
     };
     let Some(wanted) = site
@@ -569,33 +603,33 @@ fn check_registration(args: &DoctorArgs, site: &Site) -> Finding {
         .and_then(SiteFastCgi::pyfcgi_handler)
         .map(|h| h.script_processor.clone())
     else {
-        return Finding::new(
+        return Err(Finding::new(
             Status::Skip,
             format!("{title}: no pyfcgi handler to look for"),
-        );
+        ));
     };
     let text = match std::fs::read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Finding::new(
+            return Err(Finding::new(
                 Status::Skip,
                 format!(
                     "{title}: cannot read {} (run doctor as Administrator to check it)",
                     path.display()
                 ),
-            );
+            ));
         }
         Err(e) => {
-            return Finding::new(
+            return Err(Finding::new(
                 Status::Fail,
                 format!("{title}: cannot read {}: {e}", path.display()),
             )
-            .fix("install IIS with the CGI feature (docs/iis.md, step 1)");
+            .fix("install IIS with the CGI feature (docs/iis.md, step 1)"));
         }
     };
     let apps = match register::fastcgi_applications(&text, &path) {
         Ok(a) => a,
-        Err(e) => return Finding::new(Status::Fail, format!("{title}: {e}")),
+        Err(e) => return Err(Finding::new(Status::Fail, format!("{title}: {e}"))),
     };
     let Some(app) = apps.iter().find(|a| a.script_processor() == wanted) else {
         let mut f = Finding::new(
@@ -614,33 +648,230 @@ fn check_registration(args: &DoctorArgs, site: &Site) -> Finding {
         }) {
             f = f.detail(format!("registered: {}", a.script_processor()));
         }
-        return f.fix(format!(
+        return Err(f.fix(format!(
             "run `pyfcgi iis enable --app-root {}` as Administrator",
             site.root.display()
-        ));
+        )));
     };
-    let mut f = Finding::new(Status::Pass, format!("{title}: registered"));
-    for k in [
-        "signalBeforeTerminateSeconds",
-        "instanceMaxRequests",
-        "activityTimeout",
-        "requestTimeout",
-        "maxInstances",
-    ] {
-        if let Some(v) = app.attribute(k) {
-            f = f.detail(format!("{k}={v}"));
+    Ok(app.clone())
+}
+
+const REGISTRATION: &str = "FastCGI registration (applicationHost.config)";
+
+fn check_registration(args: &DoctorArgs, site: &Site) -> Vec<Finding> {
+    let app = match find_registration(args, site) {
+        Ok(app) => app,
+        Err(f) => return vec![f],
+    };
+    let mut out = vec![
+        Finding::new(Status::Pass, format!("{REGISTRATION}: registered"))
+            .detail(format!("fullPath={}", app.full_path))
+            .detail(format!("arguments={}", app.arguments)),
+    ];
+    out.extend(iis_limits(&app, site));
+    out
+}
+
+/// The appcmd command that sets one attribute of the FastCGI application.
+fn appcmd_set(app: &register::FastCgiApplication, attribute: &str, value: &str) -> String {
+    format!(
+        r"{} set config -section:system.webServer/fastCgi {} /commit:apphost",
+        register::APPCMD,
+        register::quote_always(&format!(
+            "/[fullPath='{}',arguments='{}'].{attribute}:{value}",
+            app.full_path, app.arguments
+        ))
+    )
+}
+
+/// IIS's own limits on the FastCGI application (applicationHost.config, IIS's defaults where
+/// an attribute is not set), against pyfcgi's settings for the site: each a PASS or a WARN
+/// with the appcmd line that fixes it.
+fn iis_limits(app: &register::FastCgiApplication, site: &Site) -> Vec<Finding> {
+    let number = |name: &str, default: u64| -> (u64, bool) {
+        match app.attribute(name).and_then(|v| v.trim().parse().ok()) {
+            Some(v) => (v, true),
+            None => (default, false),
         }
+    };
+    let shown = |name: &str, (v, set): (u64, bool)| {
+        if set {
+            format!("{name}={v}")
+        } else {
+            format!("{name}={v} (IIS's default: not set)")
+        }
+    };
+    let settings = site.resolved.as_ref().map(|r| &r.settings);
+    let mut out = Vec::new();
+
+    // instanceMaxRequests: IIS retires the process after that many requests; a pyfcgi that
+    // exits sooner looks like a crash to IIS ("exited unexpectedly").
+    let imr = number("instanceMaxRequests", 200);
+    let pyfcgi_max = settings.map_or(0, |s| s.max_requests);
+    let title = format!("IIS limit: {}", shown("instanceMaxRequests", imr));
+    out.push(if pyfcgi_max > 0 && pyfcgi_max < imr.0 {
+        Finding::new(
+            Status::Warn,
+            format!("{title}, but PYFCGI_MAX_REQUESTS={pyfcgi_max} is lower: pyfcgi exits first, and IIS logs that the process exited unexpectedly"),
+        )
+        .fix(format!(
+            "let IIS do the recycling: remove PYFCGI_MAX_REQUESTS, or lower IIS's limit to it: {}",
+            appcmd_set(app, "instanceMaxRequests", &pyfcgi_max.to_string())
+        ))
+    } else if imr.0 < 1000 {
+        Finding::new(
+            Status::Warn,
+            format!("{title}: IIS replaces the process every {} requests, and each new process imports Python and the app again", imr.0),
+        )
+        .fix(appcmd_set(app, "instanceMaxRequests", "10000"))
+    } else {
+        Finding::new(
+            Status::Pass,
+            format!("{title}: IIS recycles the process after that many requests"),
+        )
+    });
+
+    // requestTimeout: IIS kills the whole process when one request runs longer; pyfcgi's
+    // own --request-timeout answers 504 and logs the Python stack first, if it is shorter.
+    let rt = number("requestTimeout", 90);
+    let title = format!("IIS limit: {}", shown("requestTimeout", rt));
+    let pyfcgi_rt = settings.and_then(|s| s.request_timeout);
+    out.push(match pyfcgi_rt {
+        Some(t) if t.as_secs() < rt.0 => Finding::new(
+            Status::Pass,
+            format!(
+                "{title}: PYFCGI_REQUEST_TIMEOUT={} s answers 504 and logs the stack first",
+                t.as_secs()
+            ),
+        ),
+        other => {
+            let why = match other {
+                Some(t) => format!("PYFCGI_REQUEST_TIMEOUT={} s is not shorter", t.as_secs()),
+                None => "PYFCGI_REQUEST_TIMEOUT is not set".into(),
+            };
+            Finding::new(
+                Status::Warn,
+                format!("{title}, and {why}: a request that runs that long gets IIS's bare 500 and the process is killed, every request on it lost, with no Python stack in the log"),
+            )
+            .fix(format!(
+                "set PYFCGI_REQUEST_TIMEOUT a little below it in web.config's <appSettings>: <add key=\"PYFCGI_REQUEST_TIMEOUT\" value=\"{}\" />",
+                rt.0.saturating_sub(5).max(1)
+            ))
+        }
+    });
+
+    // activityTimeout: the process must answer something within it; a slow app import on the
+    // first request counts against it.
+    let at = number("activityTimeout", 70);
+    let title = format!("IIS limit: {}", shown("activityTimeout", at));
+    out.push(match site.import_seconds {
+        Some(took) if took * 2.0 > at.0 as f64 => Finding::new(
+            Status::Warn,
+            format!("{title}, and importing the app took {took:.1} s here: under load, a first request may hit IIS's limit"),
+        )
+        .fix(appcmd_set(app, "activityTimeout", &(at.0.max(60) * 2).to_string())),
+        Some(took) => Finding::new(
+            Status::Pass,
+            format!("{title}: importing the app took {took:.1} s"),
+        ),
+        None => Finding::new(
+            Status::Pass,
+            format!("{title} (the import time was not measured: --no-import)"),
+        ),
+    });
+
+    // signalBeforeTerminateSeconds: 0 means IIS never signals the shutdown event and kills
+    // the process outright on recycle.
+    let sbt = number("signalBeforeTerminateSeconds", 0);
+    let grace = settings
+        .map_or(30, |s| s.graceful_timeout.as_secs())
+        .min(60);
+    let title = format!("IIS limit: {}", shown("signalBeforeTerminateSeconds", sbt));
+    out.push(if sbt.0 == 0 {
+        Finding::new(
+            Status::Warn,
+            format!("{title}: IIS never signals pyfcgi's shutdown event; on recycle it kills the process, cutting off the requests in flight"),
+        )
+        .fix(appcmd_set(app, "signalBeforeTerminateSeconds", &grace.max(1).to_string()))
+    } else if sbt.0 < grace {
+        Finding::new(
+            Status::Warn,
+            format!("{title}, shorter than pyfcgi's graceful timeout ({grace} s): IIS may kill a request pyfcgi is still finishing"),
+        )
+        .fix(appcmd_set(app, "signalBeforeTerminateSeconds", &grace.to_string()))
+    } else {
+        Finding::new(
+            Status::Pass,
+            format!("{title}: requests in flight get that long to finish on recycle"),
+        )
+    });
+
+    // stderrMode: pyfcgi writes FCGI_STDERR only with PYFCGI_STDERR_ERRORS.
+    let stderr_mode = app.attribute("stderrMode").unwrap_or("ReturnStdErrIn500");
+    let stderr_errors = settings.is_some_and(|s| s.stderr_errors);
+    out.push(
+        if stderr_errors && stderr_mode.eq_ignore_ascii_case("TerminateProcess") {
+            Finding::new(
+                Status::Warn,
+                format!("IIS limit: stderrMode={stderr_mode}, and PYFCGI_STDERR_ERRORS is on: every application error kills the process"),
+            )
+            .fix(appcmd_set(app, "stderrMode", "ReturnStdErrIn500"))
+        } else {
+            Finding::new(
+                Status::Pass,
+                format!(
+                    "IIS limit: stderrMode={stderr_mode}{}",
+                    if stderr_errors {
+                        ": application errors reach IIS as FCGI_STDERR (PYFCGI_STDERR_ERRORS)"
+                    } else {
+                        ": pyfcgi sends no FCGI_STDERR (errors go to its log)"
+                    }
+                ),
+            )
+        },
+    );
+
+    // maxInstances: processes, each with its own interpreter and --threads threads.
+    let mi = number("maxInstances", 0);
+    let threads = settings.and_then(|s| s.threads).unwrap_or(1);
+    out.push(Finding::new(
+        Status::Pass,
+        if mi.0 == 0 {
+            format!("IIS limit: {}: IIS picks the number of processes from the load; each runs {threads} Python thread(s) and holds its own copy of the app in memory", shown("maxInstances", mi))
+        } else {
+            format!(
+                "IIS limit: {}: up to {} concurrent requests ({} processes × {threads} thread(s)), each process with its own copy of the app in memory",
+                shown("maxInstances", mi),
+                mi.0 * threads as u64,
+                mi.0
+            )
+        },
+    ));
+
+    // The handler's responseBufferLimit: IIS holds that much of a response before sending.
+    if let Some(h) = site.fastcgi.as_ref().and_then(SiteFastCgi::pyfcgi_handler) {
+        let streaming = site
+            .resolved
+            .as_ref()
+            .is_some_and(|r| matches!(r.settings.interface, pyfcgi_settings::Interface::Asgi));
+        let limit = h.response_buffer_limit.as_deref().unwrap_or("4194304");
+        out.push(if limit.trim() != "0" && streaming {
+            Finding::new(
+                Status::Warn,
+                format!("IIS limit: responseBufferLimit={limit} on pyfcgi's handler: IIS holds streamed responses (server-sent events, long polls) until that many bytes or the end"),
+            )
+            .fix(format!(
+                "run `pyfcgi iis enable --app-root {} --streaming` (it writes responseBufferLimit=\"0\")",
+                site.root.display()
+            ))
+        } else {
+            Finding::new(
+                Status::Pass,
+                format!("IIS limit: responseBufferLimit={limit} on pyfcgi's handler{}", if limit.trim() == "0" { ": responses stream as produced" } else { " (for server-sent events use `pyfcgi iis enable --streaming`)" }),
+            )
+        });
     }
-    if app
-        .attribute("signalBeforeTerminateSeconds")
-        .is_none_or(|v| v.trim() == "0")
-    {
-        f.status = Status::Warn;
-        f = f
-            .detail("signalBeforeTerminateSeconds is 0: IIS kills pyfcgi on recycle without letting the request in flight finish")
-            .fix("run `pyfcgi iis enable` again (it registers 30 seconds)");
-    }
-    f
+    out
 }
 
 /// Paths that the IIS app pool identity usually cannot read (a user's profile, the Microsoft

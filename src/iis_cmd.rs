@@ -95,14 +95,24 @@ struct EnableArgs {
           value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     instance_max_requests: u32,
 
+    /// Switch a wfastcgi site over in one step: take wfastcgi's handler mapping out of
+    /// web.config and unregister wfastcgi's FastCGI application, unless another site in
+    /// applicationHost.config still uses it.
+    #[arg(long)]
+    replace_wfastcgi: bool,
+
+    /// The applicationHost.config that says which other sites use wfastcgi
+    /// [default: %windir%\system32\inetsrv\config\applicationHost.config on Windows].
+    #[arg(long, value_name = "FILE")]
+    applicationhost: Option<PathBuf>,
+
     /// Print the appcmd commands and the resulting web.config; change nothing. Always on
     /// outside Windows.
     #[arg(long)]
     dry_run: bool,
 
-    /// Write web.config and the log folder even where appcmd cannot run (the appcmd
-    /// commands are still only printed). For preparing a site folder on another machine,
-    /// and for tests.
+    /// Write web.config and the log folder, and only print the appcmd commands (on Windows
+    /// too). For preparing a site folder on another machine, and for tests.
     #[arg(long, hide = true)]
     write_web_config: bool,
 }
@@ -162,16 +172,28 @@ pub fn is_windows_absolute(p: &Path) -> bool {
             && matches!(b[2], b'\\' | b'/'))
 }
 
-/// `p` as IIS should see it: absolute and canonical (symlinks and `..` resolved, without the
-/// `\\?\` prefix Windows' canonical form carries, which IIS and appcmd do not accept). A
-/// Windows path given on another OS is kept as written: it names a folder on the IIS server.
+/// `p` as IIS should see it: absolute, with `.` and `..` taken out, but symlinks and
+/// junctions kept as given: a site deployed as `C:\sites\app` → `releases\v42` must keep
+/// naming `C:\sites\app`, or the next release would still be served from v42. (Without the
+/// `\\?\` prefix, which IIS and appcmd do not accept.) A Windows path given on another OS is
+/// kept as written: it names a folder on the IIS server.
 pub fn path_for_iis(p: &Path) -> anyhow::Result<PathBuf> {
     if !cfg!(windows) && is_windows_absolute(p) {
         return Ok(p.to_owned());
     }
     let abs =
         std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display()))?;
-    Ok(abs.canonicalize().map_or(abs, strip_verbatim))
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(strip_verbatim(out))
 }
 
 /// `\\?\C:\x` → `C:\x`, `\\?\UNC\server\share` → `\\server\share`.
@@ -224,8 +246,20 @@ pub fn registration(sel: &Selectors) -> anyhow::Result<Registration> {
         app_root_for_iis(sel.app_root.as_deref())?,
     );
     r.app.clone_from(&sel.app);
-    r.venv = sel.venv.as_deref().map(path_for_iis).transpose()?;
+    r.venv = sel.venv.as_deref().map(venv_for_iis).transpose()?;
     Ok(r)
+}
+
+/// `--venv` as IIS should see it: the venv folder, also when its interpreter or `Scripts`
+/// folder was given; an error naming the mistake when it is not a venv. A Windows path given
+/// on another OS cannot be checked here and is kept as written.
+fn venv_for_iis(p: &Path) -> anyhow::Result<PathBuf> {
+    let given = path_for_iis(p)?;
+    if !cfg!(windows) && is_windows_absolute(&given) {
+        return Ok(given);
+    }
+    pyfcgi_iis::venv::venv_folder(&given)
+        .map_err(|why| anyhow::anyhow!("--venv {}: {why}", p.display()))
 }
 
 /// Guesses the framework from the files at the app root.
@@ -276,8 +310,8 @@ fn apply_layout(r: &mut Registration, layout: &Layout) -> String {
     }
 }
 
-/// Warnings about FastCGI handlers other than pyfcgi's in a web.config (a wfastcgi site being
-/// migrated): `enable` leaves them, but IIS uses the first handler whose path matches.
+/// Notes about FastCGI handlers other than pyfcgi's in the web.config `enable` writes (a
+/// wfastcgi site being migrated): pyfcgi's comes first, so it answers; the others stay.
 fn other_fastcgi_handlers(web_config: &str, path: &Path) -> Vec<String> {
     let Ok(site) = SiteFastCgi::read(web_config.as_bytes(), path) else {
         return Vec::new();
@@ -286,35 +320,221 @@ fn other_fastcgi_handlers(web_config: &str, path: &Path) -> Vec<String> {
         .iter()
         .filter(|h| !h.name.eq_ignore_ascii_case(register::HANDLER_NAME))
         .map(|h| {
-            format!(
-                "handler {:?} (path {:?}) also runs FastCGI ({}); delete it from web.config unless you mean it, \
-                 since IIS uses the first handler that matches",
-                h.name, h.path, h.script_processor
-            )
+            if register::is_wfastcgi(&h.script_processor) {
+                format!(
+                    "wfastcgi's handler {:?} (path {:?}) stays in web.config, after pyfcgi's: pyfcgi answers the \
+                     site's requests now and wfastcgi none. To take wfastcgi out (handler and FastCGI application), \
+                     run enable again with --replace-wfastcgi",
+                    h.name, h.path
+                )
+            } else {
+                format!(
+                    "handler {:?} (path {:?}) also runs FastCGI ({}); it comes after pyfcgi's, whose path \"*\" \
+                     matches first, so it answers nothing: delete it from web.config unless you mean it",
+                    h.name, h.path, h.script_processor
+                )
+            }
         })
         .collect()
 }
 
-/// The site's settings as `serve` would resolve them with the web.config `enable` writes
-/// (the parent folders' files first): the invalid values, and the unknown keys (warnings).
-fn settings_problems(root: &Path, new_xml: &str, path: &Path) -> (Vec<String>, Vec<String>) {
+/// What `--replace-wfastcgi` does about wfastcgi's FastCGI applications (the
+/// `fullPath|arguments` of the handlers it took out of web.config).
+#[derive(Debug, Default)]
+struct WfastcgiRemoval {
+    /// appcmd commands that unregister an application no other site uses.
+    commands: Vec<String>,
+    /// Commands to run by hand once no other site uses the application (unknown here).
+    unchecked: Vec<String>,
+    /// What was found, for the output.
+    notes: Vec<String>,
+}
+
+/// Which other IIS applications' web.config files run `script_processor`, from the sites in
+/// applicationHost.config (`None`: that file could not be read, with why).
+fn other_sites_using(
+    applicationhost: &Path,
+    script_processor: &str,
+    own_root: &Path,
+) -> Result<Vec<String>, String> {
+    let text = std::fs::read(applicationhost)
+        .map_err(|e| format!("cannot read {}: {e}", applicationhost.display()))?;
+    let folders = register::site_folders(&text, applicationhost).map_err(|e| e.to_string())?;
+    let own = own_root.display().to_string();
+    let same_folder = |a: &str, b: &str| {
+        a.trim_end_matches(['\\', '/'])
+            .eq_ignore_ascii_case(b.trim_end_matches(['\\', '/']))
+    };
+    let mut users = Vec::new();
+    for f in folders {
+        let folder = webconfig::expand_vars(&f.physical_path, &webconfig::process_env);
+        if same_folder(&folder, &own) {
+            continue;
+        }
+        let config = Path::new(&folder).join("web.config");
+        let Ok(xml) = std::fs::read(&config) else {
+            continue;
+        };
+        let Ok(site) = SiteFastCgi::read(&xml, &config) else {
+            continue;
+        };
+        if site
+            .handlers
+            .iter()
+            .any(|h| h.script_processor.eq_ignore_ascii_case(script_processor))
+        {
+            users.push(format!("{} ({folder})", f.name));
+        }
+    }
+    Ok(users)
+}
+
+fn plan_wfastcgi_removal(args: &EnableArgs, root: &Path, before: &SiteFastCgi) -> WfastcgiRemoval {
+    let mut plan = WfastcgiRemoval::default();
+    let mut processors: Vec<&str> = Vec::new();
+    for h in before.wfastcgi_handlers() {
+        if !processors
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(&h.script_processor))
+        {
+            processors.push(&h.script_processor);
+        }
+        plan.notes.push(format!(
+            "removed wfastcgi's handler {:?} from web.config ({})",
+            h.name, h.script_processor
+        ));
+    }
+    if processors.is_empty() {
+        plan.notes.push(
+            "--replace-wfastcgi: web.config has no wfastcgi handler; nothing to replace".into(),
+        );
+        return plan;
+    }
+    let applicationhost = args.applicationhost.clone().or_else(|| {
+        cfg!(windows)
+            .then(crate::doctor::default_applicationhost)
+            .flatten()
+    });
+    for sp in processors {
+        let command = register::appcmd_remove_fastcgi(sp);
+        let Some(ahc) = &applicationhost else {
+            plan.notes.push(format!(
+                "wfastcgi's FastCGI application {sp} is left registered: without applicationHost.config \
+                 (--applicationhost) pyfcgi cannot tell whether another site uses it; once none does, run:"
+            ));
+            plan.unchecked.push(command);
+            continue;
+        };
+        match other_sites_using(ahc, sp, root) {
+            Ok(users) if users.is_empty() => {
+                plan.notes.push(format!(
+                    "no other site uses wfastcgi's FastCGI application {sp}: it is unregistered"
+                ));
+                plan.commands.push(command);
+            }
+            Ok(users) => plan.notes.push(format!(
+                "wfastcgi's FastCGI application {sp} stays registered: {} still use it",
+                users.join(", ")
+            )),
+            Err(e) => {
+                plan.notes.push(format!(
+                    "wfastcgi's FastCGI application {sp} is left registered ({e}); once no other site uses it, run:"
+                ));
+                plan.unchecked.push(command);
+            }
+        }
+    }
+    plan
+}
+
+/// What the site's settings say, as `serve` would resolve them with the web.config `enable`
+/// writes (the parent folders' files first).
+struct SiteSettings {
+    /// The invalid values.
+    errors: Vec<String>,
+    /// The unknown keys (warnings).
+    unknown: Vec<String>,
+    /// Whether web.config names the application (`WSGI_HANDLER` or `PYFCGI_APP`).
+    names_app: bool,
+}
+
+fn settings_problems(root: &Path, new_xml: &str, path: &Path) -> SiteSettings {
     let mut settings = match root.parent() {
         Some(parent) => webconfig::load_for_app(parent).unwrap_or_default(),
         None => webconfig::AppSettings::default(),
     };
     if let Err(e) = settings.apply_xml(new_xml.as_bytes(), path) {
-        return (vec![e.to_string()], Vec::new());
+        return SiteSettings {
+            errors: vec![e.to_string()],
+            unknown: Vec::new(),
+            names_app: true,
+        };
     }
+    let names_app = ["PYFCGI_APP", "WSGI_HANDLER"]
+        .iter()
+        .any(|k| settings.get(k).is_some_and(|v| !v.trim().is_empty()));
     let inputs = crate::startup::inputs(Vec::new(), None);
     let res = pyfcgi_settings::resolve_from(
         &inputs,
         None,
         Some(pyfcgi_settings::WebConfigInput::Read(settings)),
     );
-    (
-        res.errors.iter().map(ToString::to_string).collect(),
-        res.unknown.iter().map(ToString::to_string).collect(),
+    SiteSettings {
+        errors: res.errors.iter().map(ToString::to_string).collect(),
+        unknown: res.unknown.iter().map(ToString::to_string).collect(),
+        names_app,
+    }
+}
+
+/// The application spec a site's files suggest, for the message when none is given: Django's
+/// `<project>.wsgi:application` (from manage.py's settings module), else the first
+/// `name = Flask(...)`-style object or `application` in the app folder's *.py files.
+fn suggest_app(root: &Path) -> Option<String> {
+    if let Ok(manage) = std::fs::read_to_string(root.join("manage.py")) {
+        let re =
+            regex::Regex::new(r#"DJANGO_SETTINGS_MODULE['"]\s*,\s*['"]([A-Za-z_][\w]*)\."#).ok()?;
+        if let Some(project) = re.captures(&manage).and_then(|c| c.get(1)) {
+            let project = project.as_str();
+            if root.join(project).join("wsgi.py").is_file() {
+                return Some(format!("{project}.wsgi:application"));
+            }
+            if root.join(project).join("asgi.py").is_file() {
+                return Some(format!("{project}.asgi:application"));
+            }
+        }
+    }
+    let object = regex::Regex::new(
+        r"(?m)^([A-Za-z_]\w*)\s*=\s*(?:[\w.]+\.)?(?:Flask|Quart|FastAPI|Starlette|Bottle|Sanic|App|get_wsgi_application|get_asgi_application|make_app|create_app)\(",
     )
+    .ok()?;
+    let plain = regex::Regex::new(r"(?m)^(?:application\s*=|def application\s*\()").ok()?;
+    let mut scripts: Vec<PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "py") && p.is_file())
+        .filter(|p| p.metadata().is_ok_and(|m| m.len() <= 1 << 20))
+        .collect();
+    scripts.sort();
+    for p in &scripts {
+        let (Some(module), Ok(text)) = (
+            p.file_stem().and_then(|s| s.to_str()),
+            std::fs::read_to_string(p),
+        ) else {
+            continue;
+        };
+        if module == "manage" || module == "setup" {
+            continue;
+        }
+        if let Some(name) = object.captures(&text).and_then(|c| c.get(1)) {
+            return Some(format!("{module}:{}", name.as_str()));
+        }
+        if plain.is_match(&text) {
+            return Some(format!("{module}:application"));
+        }
+    }
+    None
 }
 
 /// The folder of the log file a web.config names (`PYFCGI_LOG_FILE`, else `WSGI_LOG`; a
@@ -426,24 +646,49 @@ fn enable(args: &EnableArgs) -> anyhow::Result<()> {
     let mut reg = registration(&args.selectors)?;
     reg.signal_before_terminate = args.signal_before_terminate;
     reg.instance_max_requests = args.instance_max_requests;
+    reg.replace_wfastcgi = args.replace_wfastcgi;
     let flavour_note = apply_layout(&mut reg, &args.layout);
     let config_path = reg.app_root.join("web.config");
     let config_shown = display_join(&reg.app_root, &["web.config"]);
     let existing = read_existing(&config_path)?;
+    let before = existing
+        .as_deref()
+        .and_then(|x| SiteFastCgi::read(x, &config_path).ok())
+        .unwrap_or_default();
+    let wfastcgi = if args.replace_wfastcgi {
+        plan_wfastcgi_removal(args, &reg.app_root, &before)
+    } else {
+        WfastcgiRemoval::default()
+    };
     let new = reg
         .web_config(existing.as_deref(), &config_path)
         .with_context(|| format!("while reading {config_shown}"))?;
     let logs = log_folder(&reg.app_root, &new);
     let mut others = other_fastcgi_handlers(&new, &config_path);
-    let (errors, unknown) = settings_problems(&reg.app_root, &new, &config_path);
-    if !errors.is_empty() {
+    let site = settings_problems(&reg.app_root, &new, &config_path);
+    if !site.errors.is_empty() {
         bail!(
             "{config_shown} has settings pyfcgi cannot use; fix them, then run enable again:\n{}",
-            errors.join("\n")
+            site.errors.join("\n")
         );
     }
-    others.extend(unknown);
-    let run_appcmd = cfg!(windows) && !args.dry_run;
+    if reg.app.is_none() && !site.names_app {
+        let hint = match suggest_app(&reg.app_root) {
+            Some(app) => format!(
+                "the app folder suggests --app {app}: run enable again with it (check the name first)"
+            ),
+            None => {
+                "pass it as --app module:callable (Django: mysite.wsgi:application; Flask: app:app)"
+                    .into()
+            }
+        };
+        bail!(
+            "no application to run: neither --app nor a WSGI_HANDLER in {config_shown} names one, so every \
+             request would fail; {hint}"
+        );
+    }
+    others.extend(site.unknown);
+    let run_appcmd = cfg!(windows) && !args.dry_run && !args.write_web_config;
     let write_files = run_appcmd || args.write_web_config;
     let commands = reg.appcmd_enable();
     let mut out = std::io::stdout().lock();
@@ -465,6 +710,20 @@ fn enable(args: &EnableArgs) -> anyhow::Result<()> {
             "# which leaves this in <system.webServer><fastCgi> of applicationHost.config:"
         )?;
         writeln!(out, "#   {}", reg.fastcgi_application_xml())?;
+        writeln!(out, "# {}", limits_note(&reg))?;
+        if args.replace_wfastcgi {
+            writeln!(out, "#")?;
+            writeln!(out, "# 1b. Replace wfastcgi (--replace-wfastcgi):")?;
+            for n in &wfastcgi.notes {
+                writeln!(out, "#   {n}")?;
+            }
+            for c in &wfastcgi.commands {
+                writeln!(out, "{c}")?;
+            }
+            for c in &wfastcgi.unchecked {
+                writeln!(out, "#   {c}")?;
+            }
+        }
         writeln!(out, "#")?;
         match &logs {
             Some((_, shown)) => {
@@ -522,14 +781,24 @@ fn enable(args: &EnableArgs) -> anyhow::Result<()> {
             out,
             "  registered the FastCGI application in applicationHost.config"
         )?;
+        writeln!(out, "  {}", limits_note(&reg))?;
+        for note in appcmd_run_all(&wfastcgi.commands)? {
+            writeln!(out, "  {note}")?;
+        }
     } else {
         writeln!(
             out,
             "  appcmd not run (--write-web-config); on the IIS server run as Administrator:"
         )?;
-        for c in &commands {
+        for c in commands.iter().chain(&wfastcgi.commands) {
             writeln!(out, "    {c}")?;
         }
+    }
+    for n in &wfastcgi.notes {
+        writeln!(out, "  {n}")?;
+    }
+    for c in &wfastcgi.unchecked {
+        writeln!(out, "    {c}")?;
     }
     match &logs {
         // A C:\ path named while preparing a site on another OS is not a folder here.
@@ -553,6 +822,17 @@ fn enable(args: &EnableArgs) -> anyhow::Result<()> {
     }
     print_next_steps(&mut out, &reg, " ")?;
     Ok(())
+}
+
+/// What the IIS limits `enable` registers are for (IIS's defaults are 0, 200, 70 and 90).
+fn limits_note(reg: &Registration) -> String {
+    format!(
+        "IIS limits set: signalBeforeTerminateSeconds={} (IIS signals pyfcgi to finish its requests on recycle; its default 0 kills them), \
+         instanceMaxRequests={} (leave PYFCGI_MAX_REQUESTS unset or higher), activityTimeout={} and requestTimeout={} s \
+         (IIS's 70 and 90 s are short for a slow first import; set PYFCGI_REQUEST_TIMEOUT below them for pyfcgi's own 504). \
+         `pyfcgi doctor` checks them against the site's settings",
+        reg.signal_before_terminate, reg.instance_max_requests, reg.timeout, reg.timeout
+    )
 }
 
 fn print_next_steps(out: &mut dyn Write, reg: &Registration, prefix: &str) -> std::io::Result<()> {
@@ -657,7 +937,7 @@ fn disable(args: &DisableArgs) -> anyhow::Result<()> {
         None => None,
     };
     let commands = reg.appcmd_disable();
-    let run_appcmd = cfg!(windows) && !args.dry_run;
+    let run_appcmd = cfg!(windows) && !args.dry_run && !args.write_web_config;
     let write_files = run_appcmd || args.write_web_config;
     let mut out = std::io::stdout().lock();
 

@@ -319,6 +319,7 @@ mod app {
             stderr_errors: s.stderr_errors,
             max_body_size: s.max_body_size,
             shutdown: ctx.shutdown.clone(),
+            impersonate: s.impersonate,
         }
     }
 
@@ -427,6 +428,11 @@ mod app {
             ""
         };
         if let Some(obj) = asgi_app(&obj, s.interface) {
+            if s.impersonate {
+                return Err(Failure::Load(
+                    "--impersonate (PYFCGI_IMPERSONATE) runs each request's thread as the client's user, but an ASGI app runs every request on one event-loop thread: serve a WSGI app, or turn impersonation off".into(),
+                ));
+            }
             let stuck = (ctx.connected || ctx.supervised || ctx.first_request)
                 .then(|| ctx.shutdown.clone());
             let host = AsgiHost::start(obj, asgi_config(s, stuck))

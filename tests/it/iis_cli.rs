@@ -153,6 +153,8 @@ fn enable_without_dry_run_off_windows_only_prints() {
         EXE,
         "--app-root",
         path_str(dir.path()),
+        "--app",
+        "mysite.wsgi:application",
     ]);
     if cfg!(windows) {
         return;
@@ -184,6 +186,8 @@ fn flask_is_detected_from_the_app_files() {
         EXE,
         "--app-root",
         path_str(dir.path()),
+        "--app",
+        "app:app",
     ]);
     assert!(
         out.contains("# Flavour: flask (detected: app.py uses Flask)"),
@@ -445,7 +449,7 @@ fn doctor_passes_a_site_enable_wrote() {
     for line in [
         format!("PASS  web.config: {root}/web.config parses"),
         "PASS  application: hello:application (from the pyfcgi handler's --app)".to_owned(),
-        "PASS  handler mapping: scriptProcessor is what `pyfcgi iis enable` writes for this pyfcgi"
+        "PASS  handler mapping: pyfcgi's handler runs this pyfcgi.exe for this app folder"
             .to_owned(),
         format!("PASS  log: {root}/logs/pyfcgi.log (from WSGI_LOG); its folder is writable"),
         "PASS  app_offline.htm: absent (the site is online)".to_owned(),
@@ -536,7 +540,7 @@ fn doctor_shows_both_script_processors_when_they_differ() {
     let out = doctor(&dir, &["--no-import", "--exe", r"D:\tools\pyfcgi.exe"]);
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let expected = format!(
-        "FAIL  handler mapping: scriptProcessor differs from what `pyfcgi iis enable` writes for this pyfcgi\n      \
+        "FAIL  handler mapping: pyfcgi's handler runs another command than this pyfcgi expects (pyfcgi.exe, app folder, --app or --venv differ)\n      \
          web.config: {EXE}|serve --app-root {root} --app hello:application\n      \
          expected:   D:\\tools\\pyfcgi.exe|serve --app-root {root} --app hello:application\n"
     );
@@ -691,7 +695,64 @@ fn sample_configs_match_the_binary() {
     );
 }
 
-/// A wfastcgi site: `enable` keeps its settings, and `doctor` insists the old handler goes.
+const WFASTCGI_SP: &str = r"C:\Python39\python.exe|C:\Python39\Lib\site-packages\wfastcgi.py";
+const WFASTCGI_ADD: &str = r#"<add name="Python FastCGI" path="*" verb="*" modules="FastCgiModule" scriptProcessor="C:\Python39\python.exe|C:\Python39\Lib\site-packages\wfastcgi.py" resourceType="Unspecified" requireAccess="Script" />"#;
+
+/// The names of a web.config's `<handlers><add>` entries, in order.
+fn handler_names(dir: &Path) -> Vec<String> {
+    let xml = std::fs::read(dir.join("web.config")).unwrap();
+    let root = Element::parse(xml.as_slice()).expect("well-formed XML");
+    root.get_child("system.webServer")
+        .and_then(|w| w.get_child("handlers"))
+        .map(|h| {
+            h.children
+                .iter()
+                .filter_map(|n| n.as_element())
+                .filter(|e| e.name == "add")
+                .map(|e| e.attributes["name"].clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An applicationHost.config with two IIS applications: the site and a `legacy` one.
+fn application_host(dir: &Path, site: &Path, legacy: &Path) -> std::path::PathBuf {
+    let path = dir.join("applicationHost.config");
+    std::fs::write(
+        &path,
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<configuration>
+  <system.applicationHost>
+    <sites>
+      <site name="Default Web Site" id="1">
+        <application path="/" applicationPool="DefaultAppPool">
+          <virtualDirectory path="/" physicalPath="{}" />
+        </application>
+        <application path="/legacy" applicationPool="legacy">
+          <virtualDirectory path="/" physicalPath="{}" />
+        </application>
+      </site>
+    </sites>
+  </system.applicationHost>
+  <system.webServer>
+    <fastCgi>
+      <application fullPath="C:\Python39\python.exe" arguments="C:\Python39\Lib\site-packages\wfastcgi.py" />
+    </fastCgi>
+  </system.webServer>
+</configuration>
+"#,
+            site.display(),
+            legacy.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A wfastcgi site: `enable` keeps its settings and puts pyfcgi's handler first; doctor says
+/// what is wrong with each handler order; `--replace-wfastcgi` takes wfastcgi out, and
+/// unregisters its FastCGI application only when no other site uses it.
 #[test]
 fn a_wfastcgi_site_is_migrated_and_the_old_handler_flagged() {
     let dir = tiny_wsgi_site();
@@ -703,7 +764,7 @@ fn a_wfastcgi_site_is_migrated_and_the_old_handler_flagged() {
 <configuration>
   <system.webServer>
     <handlers>
-      <add name="Python FastCGI" path="*" verb="*" modules="FastCgiModule" scriptProcessor="C:\Python39\python.exe|C:\Python39\Lib\site-packages\wfastcgi.py" resourceType="Unspecified" requireAccess="Script" />
+      {WFASTCGI_ADD}
     </handlers>
   </system.webServer>
   <appSettings>
@@ -723,6 +784,13 @@ fn a_wfastcgi_site_is_migrated_and_the_old_handler_flagged() {
         "{}",
         out.stdout
     );
+    assert!(
+        out.stdout.contains(&format!(
+            "fix: run `pyfcgi iis enable --app-root {root} --replace-wfastcgi` as Administrator"
+        )),
+        "{}",
+        out.stdout
+    );
 
     let out = ok(&[
         "iis",
@@ -734,9 +802,11 @@ fn a_wfastcgi_site_is_migrated_and_the_old_handler_flagged() {
         root,
     ]);
     assert!(
-        out.contains(r#"warning: handler "Python FastCGI" (path "*") also runs FastCGI"#),
+        out.contains(r#"warning: wfastcgi's handler "Python FastCGI" (path "*") stays in web.config, after pyfcgi's: pyfcgi answers"#),
         "{out}"
     );
+    assert!(out.contains("--replace-wfastcgi"), "{out}");
+    assert_eq!(handler_names(dir.path()), ["pyfcgi", "Python FastCGI"]);
     assert!(
         !dir.path().join("logs").exists(),
         "the site's own WSGI_LOG folder is used"
@@ -752,7 +822,12 @@ fn a_wfastcgi_site_is_migrated_and_the_old_handler_flagged() {
         Some(format!("{root}/oldlogs/wfastcgi.log").as_str())
     );
     let out = doctor(&dir, &["--no-import"]);
-    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "a warning, not a failure: {}",
+        out.stdout
+    );
     assert!(
         out.stdout.contains(&format!(
             "PASS  application: hello.application (from web.config {root}/web.config: WSGI_HANDLER)"
@@ -761,28 +836,135 @@ fn a_wfastcgi_site_is_migrated_and_the_old_handler_flagged() {
         out.stdout
     );
     assert!(
-        out.stdout
-            .contains("FAIL  handler mapping: scriptProcessor is what"),
+        out.stdout.contains(
+            "WARN  handler mapping: pyfcgi's handler runs this pyfcgi.exe for this app folder"
+        ),
         "{}",
         out.stdout
     );
     assert!(
-        out.stdout
-            .contains("delete the <add name=\"Python FastCGI\"> handler"),
+        out.stdout.contains(
+            r#"wfastcgi's handler "Python FastCGI" is still in web.config, after pyfcgi's"#
+        ),
         "{}",
         out.stdout
     );
 
-    // With the old handler deleted, the site passes (and imports, with the wfastcgi name).
+    // A file where wfastcgi's handler comes first (as enable used to write it): IIS runs
+    // wfastcgi, and doctor says so.
     let config = std::fs::read_to_string(dir.path().join("web.config")).unwrap();
-    let without: String = config
+    let pyfcgi_line = config
         .lines()
-        .filter(|l| !l.contains("wfastcgi.py"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(dir.path().join("web.config"), without).unwrap();
+        .find(|l| l.contains(r#"name="pyfcgi""#))
+        .unwrap()
+        .to_owned();
+    let wf_line = config
+        .lines()
+        .find(|l| l.contains("wfastcgi.py"))
+        .unwrap()
+        .to_owned();
+    let swapped = config
+        .replace(&pyfcgi_line, "@@PYFCGI@@")
+        .replace(&wf_line, &pyfcgi_line)
+        .replace("@@PYFCGI@@", &wf_line);
+    std::fs::write(dir.path().join("web.config"), swapped).unwrap();
+    assert_eq!(handler_names(dir.path()), ["Python FastCGI", "pyfcgi"]);
+    let out = doctor(&dir, &["--no-import"]);
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(r#"FAIL  handler order: wfastcgi's handler "Python FastCGI" comes before pyfcgi's in web.config, so IIS runs wfastcgi for every request"#),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("--replace-wfastcgi"), "{}", out.stdout);
+    // enable again puts pyfcgi first.
+    ok(&[
+        "iis",
+        "enable",
+        "--write-web-config",
+        "--exe",
+        EXE,
+        "--app-root",
+        root,
+    ]);
+    assert_eq!(handler_names(dir.path()), ["pyfcgi", "Python FastCGI"]);
+
+    // --replace-wfastcgi while another IIS application still runs wfastcgi: the handler goes,
+    // the shared FastCGI application stays.
+    let legacy = TempDir::new("iis-legacy");
+    std::fs::write(
+        legacy.path().join("web.config"),
+        format!("<configuration><system.webServer><handlers>{WFASTCGI_ADD}</handlers></system.webServer></configuration>"),
+    )
+    .unwrap();
+    let ahc = application_host(legacy.path(), dir.path(), legacy.path());
+    let replace = |extra: &[&str]| {
+        let mut args = vec![
+            "iis",
+            "enable",
+            "--dry-run",
+            "--replace-wfastcgi",
+            "--exe",
+            EXE,
+            "--app-root",
+            root,
+        ];
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
+    let out = replace(&["--applicationhost", path_str(&ahc)]);
+    assert!(
+        out.contains(&format!(
+            "wfastcgi's FastCGI application {WFASTCGI_SP} stays registered: Default Web Site/legacy ({}) still use it",
+            legacy.path().display()
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains("/-[fullPath='C:\\Python39\\python.exe'"),
+        "{out}"
+    );
+    assert!(!xml_in(&out).contains("wfastcgi.py"), "{out}");
+    // Once the other application has moved on, it is unregistered too.
+    std::fs::write(legacy.path().join("web.config"), "<configuration/>").unwrap();
+    let out = replace(&["--applicationhost", path_str(&ahc)]);
+    let unregister = r#"%windir%\system32\inetsrv\appcmd.exe set config -section:system.webServer/fastCgi "/-[fullPath='C:\Python39\python.exe',arguments='C:\Python39\Lib\site-packages\wfastcgi.py']" /commit:apphost"#;
+    assert!(out.contains(&format!("\n{unregister}\n")), "{out}");
+    assert!(
+        out.contains("no other site uses wfastcgi's FastCGI application"),
+        "{out}"
+    );
+    // Without applicationHost.config, the command is shown for later, not run.
+    let out = replace(&[]);
+    assert!(out.contains(&format!("#   {unregister}")), "{out}");
+    assert!(
+        out.contains("cannot tell whether another site uses it"),
+        "{out}"
+    );
+
+    // The switch, written: wfastcgi's handler is gone and doctor passes (and imports, with the
+    // wfastcgi name).
+    let out = ok(&[
+        "iis",
+        "enable",
+        "--write-web-config",
+        "--replace-wfastcgi",
+        "--applicationhost",
+        path_str(&ahc),
+        "--exe",
+        EXE,
+        "--app-root",
+        root,
+    ]);
+    assert!(
+        out.contains(r#"removed wfastcgi's handler "Python FastCGI" from web.config"#),
+        "{out}"
+    );
+    assert!(out.contains(unregister), "{out}");
+    assert_eq!(handler_names(dir.path()), ["pyfcgi"]);
     let out = doctor(&dir, &[]);
     assert_eq!(out.code, Some(0), "{}", out.stdout);
+    assert!(!out.stdout.contains("WARN  handler"), "{}", out.stdout);
     #[cfg(feature = "python")]
     assert!(
         out.stdout
@@ -803,6 +985,105 @@ fn a_wfastcgi_site_is_migrated_and_the_old_handler_flagged() {
     assert_eq!(
         settings.get("WSGI_LOG"),
         Some(format!("{root}/oldlogs/wfastcgi.log").as_str())
+    );
+}
+
+/// `enable` with no application named anywhere refuses, and suggests what the folder holds.
+#[test]
+fn enable_without_an_app_refuses_and_suggests_one() {
+    let flask = TempDir::new("iis-noapp-flask");
+    std::fs::write(
+        flask.path().join("app.py"),
+        "from flask import Flask\n\napp = Flask(__name__)\n",
+    )
+    .unwrap();
+    let django = django_site();
+    std::fs::write(
+        django.path().join("manage.py"),
+        "import os\nos.environ.setdefault(\"DJANGO_SETTINGS_MODULE\", \"mysite.settings\")\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(django.path().join("mysite")).unwrap();
+    std::fs::write(
+        django.path().join("mysite").join("wsgi.py"),
+        "application = None\n",
+    )
+    .unwrap();
+    let bare = TempDir::new("iis-noapp-bare");
+    for (dir, wanted) in [
+        (&flask, "--app app:app"),
+        (&django, "--app mysite.wsgi:application"),
+        (&bare, "pass it as --app module:callable"),
+    ] {
+        for mode in ["--dry-run", "--write-web-config"] {
+            let out = run(&[
+                "iis",
+                "enable",
+                mode,
+                "--exe",
+                EXE,
+                "--app-root",
+                path_str(dir.path()),
+            ]);
+            assert_eq!(out.code, Some(1), "{mode}: {}", out.stdout);
+            assert!(
+                out.stderr
+                    .contains("no application to run: neither --app nor a WSGI_HANDLER"),
+                "{}",
+                out.stderr
+            );
+            assert!(out.stderr.contains(wanted), "{wanted}: {}", out.stderr);
+            assert!(!dir.path().join("web.config").exists(), "nothing written");
+        }
+    }
+}
+
+/// `--venv` given as the venv's interpreter is written as the venv; a missing one is named as
+/// missing; `--app-root` through a symlink is written as given.
+#[cfg(unix)]
+#[test]
+fn venv_and_app_root_are_written_the_way_iis_needs_them() {
+    let dir = tiny_wsgi_site();
+    let venv = dir.path().join(".venv");
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+    std::fs::write(venv.join("bin").join("python"), "").unwrap();
+    let root = path_str(dir.path());
+    let webconfig = |extra: &[&str]| {
+        let mut args = vec![
+            "iis",
+            "webconfig",
+            "--exe",
+            EXE,
+            "--app",
+            "hello:application",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let python = venv.join("bin").join("python");
+    let out = webconfig(&["--app-root", root, "--venv", path_str(&python)]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        script_processor(xml_in(&out.stdout)).ends_with(&format!("--venv {}", venv.display())),
+        "{}",
+        out.stdout
+    );
+    let missing = dir.path().join("no-such-venv");
+    let out = webconfig(&["--app-root", root, "--venv", path_str(&missing)]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("it does not exist"), "{}", out.stderr);
+    assert!(!out.stderr.contains("pyvenv.cfg"), "{}", out.stderr);
+
+    let link_dir = TempDir::new("iis-link");
+    let link = link_dir.path().join("current");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    let out = webconfig(&["--app-root", path_str(&link)]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        script_processor(xml_in(&out.stdout)).contains(&format!("--app-root {}", link.display())),
+        "{}",
+        out.stdout
     );
 }
 

@@ -48,7 +48,7 @@ fn site(keys: &[(&str, &str)]) -> TempDir {
 }
 
 /// pyfcgi as IIS runs it: stdin is our connected socket.
-struct Iis {
+pub(crate) struct Iis {
     server: Server,
     pipe: UnixStream,
     next_id: u16,
@@ -56,7 +56,7 @@ struct Iis {
 }
 
 impl Iis {
-    fn start(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let (ours, theirs) = UnixStream::pair().unwrap();
         ours.set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
@@ -105,7 +105,7 @@ impl Iis {
             .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.server.log()))
     }
 
-    fn body(&mut self, path: &str, extra: &[(&str, &str)]) -> String {
+    pub(crate) fn body(&mut self, path: &str, extra: &[(&str, &str)]) -> String {
         let r = self.get(path, extra);
         let s = String::from_utf8_lossy(&r.stdout).into_owned();
         s.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()

@@ -7,11 +7,14 @@
 //! * [`offline`]: the `app_offline.htm` page.
 //! * [`register`]: what `pyfcgi iis enable` writes: appcmd commands and the site's
 //!   `web.config` handler mapping, created or updated in place.
+//! * [`venv`]: what a `--venv`/`PYFCGI_VENV` value names (a venv, or the interpreter inside
+//!   one), with the fix when it is neither.
 
 mod error;
 pub mod offline;
 pub mod paths;
 pub mod register;
+pub mod venv;
 pub mod webconfig;
 
 pub use error::IisError;

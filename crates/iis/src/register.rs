@@ -81,6 +81,8 @@ pub struct Registration {
     pub instance_max_requests: u32,
     /// `activityTimeout` and `requestTimeout`, seconds.
     pub timeout: u32,
+    /// `--replace-wfastcgi`: take wfastcgi's handler mappings out of the web.config.
+    pub replace_wfastcgi: bool,
 }
 
 impl Registration {
@@ -96,6 +98,7 @@ impl Registration {
             signal_before_terminate: 30,
             instance_max_requests: 10_000,
             timeout: 600,
+            replace_wfastcgi: false,
         }
     }
 
@@ -310,9 +313,19 @@ impl Registration {
                 });
             }
         }
-        // <system.webServer><handlers>: one pyfcgi handler for every path.
+        // <system.webServer><handlers>: one pyfcgi handler for every path, first in the list
+        // (after a <clear/>, which would remove it): IIS runs the first handler whose path
+        // matches, and a migrated site's wfastcgi handler (also path="*") would win otherwise.
         let handlers = ensure_path(root, &["system.webServer", "handlers"]);
         handlers.children.retain(|n| !is_add_named(n, HANDLER_NAME));
+        if self.replace_wfastcgi {
+            handlers.children.retain(|n| !is_wfastcgi_add(n));
+        }
+        let first = handlers
+            .children
+            .iter()
+            .rposition(|n| matches!(n, XMLNode::Element(e) if e.name == "clear"))
+            .map_or(0, |i| i + 1);
         let mut add = Element::new("add");
         for (k, v) in [
             ("name", HANDLER_NAME.to_owned()),
@@ -329,7 +342,7 @@ impl Registration {
             add.attributes
                 .insert("responseBufferLimit".into(), "0".into());
         }
-        handlers.children.push(XMLNode::Element(add));
+        handlers.children.insert(first, XMLNode::Element(add));
         // Static folders: IIS serves them, Python never sees the requests.
         root.children.retain(|n| !is_pyfcgi_location(n));
         for folder in self.static_folders() {
@@ -413,6 +426,29 @@ impl SiteFastCgi {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(HANDLER_NAME))
     }
+
+    /// The handlers that run wfastcgi, in order.
+    pub fn wfastcgi_handlers(&self) -> Vec<&HandlerMapping> {
+        self.handlers
+            .iter()
+            .filter(|h| is_wfastcgi(&h.script_processor))
+            .collect()
+    }
+
+    /// A wfastcgi handler for every path (`path="*"`) listed before pyfcgi's, or with no
+    /// pyfcgi handler at all: IIS runs the first handler whose path matches, so that one
+    /// answers the site's requests.
+    pub fn wfastcgi_answers(&self) -> Option<&HandlerMapping> {
+        for h in &self.handlers {
+            if h.name.eq_ignore_ascii_case(HANDLER_NAME) {
+                return None;
+            }
+            if is_wfastcgi(&h.script_processor) && h.path.trim() == "*" {
+                return Some(h);
+            }
+        }
+        None
+    }
 }
 
 /// A `<system.webServer><fastCgi><application>` of applicationHost.config.
@@ -461,6 +497,54 @@ pub fn fastcgi_applications(xml: &[u8], path: &Path) -> Result<Vec<FastCgiApplic
         })
         .collect();
     Ok(apps)
+}
+
+/// One IIS application of an applicationHost.config: where its web.config lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteFolder {
+    /// The site's name and the application's path: `Default Web Site/app`.
+    pub name: String,
+    /// The application's root `physicalPath`, as written (`%SystemDrive%` unexpanded).
+    pub physical_path: String,
+}
+
+/// Every application of every site in an applicationHost.config, with its root folder.
+pub fn site_folders(xml: &[u8], path: &Path) -> Result<Vec<SiteFolder>, IisError> {
+    let root = parse(xml, path)?;
+    let sites = root
+        .get_child("system.applicationHost")
+        .and_then(|a| a.get_child("sites"))
+        .into_iter()
+        .flat_map(|s| s.children.iter().filter_map(XMLNode::as_element))
+        .filter(|e| e.name == "site");
+    let mut out = Vec::new();
+    for site in sites {
+        let site_name = site.attributes.get("name").cloned().unwrap_or_default();
+        for app in site
+            .children
+            .iter()
+            .filter_map(XMLNode::as_element)
+            .filter(|e| e.name == "application")
+        {
+            let app_path = app.attributes.get("path").map_or("/", String::as_str);
+            let root_dir = app
+                .children
+                .iter()
+                .filter_map(XMLNode::as_element)
+                .find(|v| {
+                    v.name == "virtualDirectory"
+                        && v.attributes.get("path").is_some_and(|p| p == "/")
+                })
+                .and_then(|v| v.attributes.get("physicalPath"));
+            if let Some(physical) = root_dir {
+                out.push(SiteFolder {
+                    name: format!("{site_name}{}", app_path.trim_end_matches('/')),
+                    physical_path: physical.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// True when `xml` is a `<configuration>` with nothing in it (what `disable` leaves of a
@@ -586,6 +670,33 @@ pub fn split_command_line(s: &str) -> Vec<String> {
 
 fn is_add_named(n: &XMLNode, name: &str) -> bool {
     matches!(n, XMLNode::Element(e) if e.name == "add" && e.attributes.get("name").is_some_and(|v| v.eq_ignore_ascii_case(name)))
+}
+
+/// Whether a `scriptProcessor` runs wfastcgi (`python.exe|...\\wfastcgi.py`, as
+/// `wfastcgi-enable` registers it, or a copy of the script under another folder).
+pub fn is_wfastcgi(script_processor: &str) -> bool {
+    script_processor.to_ascii_lowercase().contains("wfastcgi")
+}
+
+/// A FastCGI `<add>` handler that runs wfastcgi.
+fn is_wfastcgi_add(n: &XMLNode) -> bool {
+    matches!(n, XMLNode::Element(e) if e.name == "add"
+        && e.attributes.get("modules").is_some_and(|m| m.eq_ignore_ascii_case("FastCgiModule"))
+        && e.attributes.get("scriptProcessor").is_some_and(|p| is_wfastcgi(p)))
+}
+
+/// The appcmd command that unregisters the FastCGI application a handler's
+/// `scriptProcessor` (`fullPath|arguments`) names (a processor without `|` has no arguments).
+pub fn appcmd_remove_fastcgi(script_processor: &str) -> String {
+    let (full_path, arguments) = script_processor
+        .split_once('|')
+        .unwrap_or((script_processor, ""));
+    format!(
+        r"{APPCMD} set config -section:system.webServer/fastCgi {} /commit:apphost",
+        quote_always(&format!(
+            "/-[fullPath='{full_path}',arguments='{arguments}']"
+        ))
+    )
 }
 
 /// A `<location>` pyfcgi wrote: it only removes the pyfcgi handler.

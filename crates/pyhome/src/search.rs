@@ -143,7 +143,10 @@ pub fn search(
     // 2. venvs, in the order interp::find_venv applies them, then the exe's own venv.
     let mut venvs: Vec<(PathBuf, &str)> = Vec::new();
     if let Some(v) = &hints.venv {
-        venvs.push((v.clone(), "--venv"));
+        match pyfcgi_iis::venv::venv_folder(v) {
+            Ok(venv) => venvs.push((venv, "--venv")),
+            Err(why) => note(&mut nf, "--venv", v, why),
+        }
     } else {
         if let Some(v) = &env.virtual_env {
             venvs.push((v.clone(), "VIRTUAL_ENV"));

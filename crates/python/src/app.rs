@@ -7,6 +7,7 @@
 //! * wfastcgi's dotted form `package.module.attr` and `package.module.factory()`: the longest
 //!   importable module prefix is imported, the rest is looked up on it.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use pyo3::prelude::*;
@@ -120,13 +121,22 @@ impl AppSpec {
     /// Imports and resolves the application object.
     pub fn load(&self, py: Python<'_>) -> Result<Py<PyAny>, PythonError> {
         let ctx = |what: &str| format!("{what} for application {}", self.raw);
+        let import_failed = |what: String, e: &PyErr| {
+            let mut err = PythonError::python(py, ctx(&what), e);
+            if let (Some(hint), PythonError::Python { traceback, .. }) =
+                (not_found_hint(py, e), &mut err)
+            {
+                traceback.push_str(&hint);
+            }
+            err
+        };
         let (module, attrs) = match &self.target {
             Target::Module(m) => {
                 ensure_cwd_on_path(py)
                     .map_err(|e| PythonError::python(py, ctx("extending sys.path"), &e))?;
-                let m = py.import(m.as_str()).map_err(|e| {
-                    PythonError::python(py, ctx(&format!("importing module {m}")), &e)
-                })?;
+                let m = py
+                    .import(m.as_str())
+                    .map_err(|e| import_failed(format!("importing module {m}"), &e))?;
                 (m.into_any(), self.attrs.clone())
             }
             Target::File(p) => (
@@ -139,14 +149,37 @@ impl AppSpec {
                 ensure_cwd_on_path(py)
                     .map_err(|e| PythonError::python(py, ctx("extending sys.path"), &e))?;
                 import_longest_prefix(py, d)
-                    .map_err(|e| PythonError::python(py, ctx(&format!("importing {d}")), &e))?
+                    .map_err(|e| import_failed(format!("importing {d}"), &e))?
             }
         };
         let mut obj = module;
         for a in &attrs {
-            obj = obj
-                .getattr(a.as_str())
-                .map_err(|e| PythonError::python(py, ctx(&format!("looking up {a}")), &e))?;
+            obj = match obj.getattr(a.as_str()) {
+                Ok(o) => o,
+                Err(e) => {
+                    // `mysite.wsgi` (or `mysite:wsgi`) where `mysite.wsgi:application` was
+                    // meant: `wsgi` is no attribute of the package (it is not imported), but a
+                    // module of that name exists.
+                    if self.call.is_none()
+                        && is_module(py, &obj)
+                        && let Ok(parent) =
+                            obj.getattr("__name__").and_then(|n| n.extract::<String>())
+                    {
+                        let name = format!("{parent}.{a}");
+                        if let Some(m) = whole_module(py, &name) {
+                            return Err(module_given(&self.raw, &name, &m));
+                        }
+                    }
+                    return Err(PythonError::python(py, ctx(&format!("looking up {a}")), &e));
+                }
+            };
+        }
+        if self.call.is_none() && is_module(py, &obj) {
+            let name = obj
+                .getattr("__name__")
+                .and_then(|n| n.extract::<String>())
+                .unwrap_or_else(|_| self.raw.clone());
+            return Err(module_given(&self.raw, &name, &obj));
         }
         if let Some(args) = &self.call {
             let (args, kwargs) = factory_args(py, args).map_err(|e| {
@@ -173,6 +206,111 @@ impl AppSpec {
         }
         Ok(obj.unbind())
     }
+}
+
+fn is_module(py: Python<'_>, obj: &Bound<'_, PyAny>) -> bool {
+    py.import("types")
+        .and_then(|t| t.getattr("ModuleType"))
+        .and_then(|m| obj.is_instance(&m))
+        .unwrap_or(false)
+}
+
+/// The module `dotted` names as a whole, when it is one (imported).
+fn whole_module<'py>(py: Python<'py>, dotted: &str) -> Option<Bound<'py, PyAny>> {
+    let util = py.import("importlib.util").ok()?;
+    let spec = util.call_method1("find_spec", (dotted,)).ok()?;
+    if spec.is_none() {
+        return None;
+    }
+    py.import(dotted).ok().map(Bound::into_any)
+}
+
+/// The error for a spec that names `module` (called `name`): which callable in it was meant.
+fn module_given(spec: &str, name: &str, module: &Bound<'_, PyAny>) -> PythonError {
+    let callable = |attr: &str| {
+        module
+            .getattr(attr)
+            .is_ok_and(|a| a.is_callable() && !a.is_instance_of::<pyo3::types::PyType>())
+    };
+    let found: Vec<&str> = ["application", "app", "api"]
+        .into_iter()
+        .filter(|a| callable(a))
+        .collect();
+    let suggestion = match found.as_slice() {
+        [one, ..] => format!("did you mean {name}:{one}?"),
+        [] if callable("create_app") => format!("did you mean {name}:create_app()?"),
+        [] => format!(
+            "name the WSGI or ASGI callable in it as module:attribute, such as {name}:application"
+        ),
+    };
+    PythonError::ModuleGiven {
+        spec: spec.to_owned(),
+        suggestion,
+    }
+}
+
+/// For an import that found no module: the folders Python searched (`sys.path`) and the
+/// names in the app folder close to the missing one.
+fn not_found_hint(py: Python<'_>, err: &PyErr) -> Option<String> {
+    if !err.is_instance_of::<pyo3::exceptions::PyModuleNotFoundError>(py) {
+        return None;
+    }
+    let missing: String = err.value(py).getattr("name").ok()?.extract().ok()?;
+    let top = missing.split('.').next().unwrap_or(&missing).to_owned();
+    let sys_path: Vec<String> = py
+        .import("sys")
+        .ok()?
+        .getattr("path")
+        .ok()?
+        .extract()
+        .ok()?;
+    let folder = std::env::current_dir().ok()?;
+    let mut names: Vec<String> = std::fs::read_dir(&folder)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let p = e.path();
+            let name = p.file_name()?.to_str()?.to_owned();
+            if p.is_dir() && !name.starts_with('.') && name != "__pycache__" {
+                Some(name)
+            } else {
+                name.strip_suffix(".py").map(str::to_owned)
+            }
+        })
+        .collect();
+    names.sort();
+    let close: Vec<String> = py
+        .import("difflib")
+        .and_then(|d| d.call_method1("get_close_matches", (&top, names, 5, 0.6)))
+        .and_then(|m| m.extract())
+        .unwrap_or_default();
+    let mut hint =
+        format!("\nNo module named {top:?} in any folder Python searched (sys.path, in order):\n");
+    for p in &sys_path {
+        hint.push_str("  ");
+        hint.push_str(if p.is_empty() {
+            "(the current directory)"
+        } else {
+            p
+        });
+        hint.push('\n');
+    }
+    if close.is_empty() {
+        let _ = writeln!(
+            hint,
+            "Nothing with a similar name is in the app folder {}.",
+            folder.display()
+        );
+    } else {
+        let _ = writeln!(
+            hint,
+            "Similar names in the app folder {}: {}.",
+            folder.display(),
+            close.join(", ")
+        );
+    }
+    Some(hint)
 }
 
 /// The positional and keyword arguments of `factory(ARGS)`, each a Python literal

@@ -43,6 +43,15 @@ pub enum PythonError {
         /// Python type of what was found.
         type_name: String,
     },
+    /// The spec names a module where the application object inside it is wanted (Django's
+    /// `mysite.wsgi`).
+    #[error("{spec} is a module, not the application in it: {suggestion}")]
+    ModuleGiven {
+        /// The spec given.
+        spec: String,
+        /// `did you mean mysite.wsgi:application?`, or how to name the callable.
+        suggestion: String,
+    },
     /// The ASGI event loop or the app's lifespan startup failed.
     #[error("{0}")]
     Startup(String),

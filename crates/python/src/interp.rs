@@ -81,13 +81,15 @@ pub fn find_venv(
     opts: &InterpreterOptions,
 ) -> Result<Option<(PathBuf, &'static str)>, PythonError> {
     if let Some(v) = &opts.venv {
-        if !v.join("pyvenv.cfg").is_file() {
-            return Err(PythonError::BadVenv {
-                path: v.clone(),
-                reason: "it has no pyvenv.cfg; create one with `python3 -m venv PATH`".into(),
-            });
+        let venv = pyfcgi_iis::venv::venv_folder(v).map_err(|reason| PythonError::BadVenv {
+            path: v.clone(),
+            reason,
+        })?;
+        if venv != *v {
+            tracing::info!(given = %v.display(), venv = %venv.display(),
+                "--venv names a file or folder inside the venv: using the venv itself");
         }
-        return Ok(Some((v.clone(), "--venv")));
+        return Ok(Some((venv, "--venv")));
     }
     if let Some(v) = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from) {
         if v.join("pyvenv.cfg").is_file() {

@@ -304,6 +304,20 @@ fn resolve(py: Python<'_>, app: &AppState) -> Resolved {
     }
 }
 
+/// Takes on the identity of the request's pipe client for the calling thread.
+fn impersonate(request: &Request) -> Result<pyfcgi_server::impersonate::Impersonation, String> {
+    let client = request.client.as_ref().ok_or(
+        "the request did not come over IIS's named pipe, so there is no signed-in user to run as",
+    )?;
+    let guard = client.impersonate().map_err(|e| e.to_string())?;
+    debug!(
+        request = %request.request_id(),
+        user = pyfcgi_server::impersonate::PipeClient::thread_user().as_deref().unwrap_or("?"),
+        "running the request as the pipe client"
+    );
+    Ok(guard)
+}
+
 fn worker(
     me: usize,
     rx: &JobQueue<Job>,
@@ -341,6 +355,31 @@ fn worker(
                 );
                 d.watch(request.request_id(), ident, response.takeover(), what)
             });
+            // --impersonate: this thread runs as IIS's user until the request is done (the
+            // guard reverts it, on errors and timeouts too); never as the pool's identity.
+            let _impersonation = if cfg.impersonate {
+                match impersonate(&request) {
+                    Ok(guard) => Some(guard),
+                    Err(why) => {
+                        error!(request = %request.request_id(), "--impersonate: {why}; the request is refused rather than run as the pool's identity");
+                        let page = error_page(
+                            "500 Internal Server Error",
+                            "Internal Server Error: the request could not run as the signed-in user. The server log has the details.",
+                            request.request_id(),
+                            None,
+                        );
+                        drop(request);
+                        let mut response = response;
+                        let _ = py.detach(move || {
+                            response.blocking_write(page)?;
+                            response.blocking_end(0)
+                        });
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             match resolve(py, app) {
                 Resolved::App(app) => {
                     // A bug in pyfcgi must cost one request, not the worker thread: the

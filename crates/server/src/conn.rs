@@ -113,18 +113,21 @@ pub async fn serve_connection<S, H>(
         &config,
         shutdown,
         peer,
+        None,
     )
     .await;
 }
 
 /// [`serve_connection`] for any `AsyncRead + AsyncWrite` (the Windows named pipe, tests):
-/// responses always go through the writer task.
+/// responses always go through the writer task. `client` is the named pipe's client, whose
+/// identity requests may take on (`--impersonate`).
 pub async fn serve_stream<IO, H>(
     io: IO,
     handler: Arc<H>,
     config: Arc<ConnConfig>,
     shutdown: CancellationToken,
     peer: &str,
+    client: Option<crate::impersonate::PipeClient>,
 ) where
     IO: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
@@ -139,10 +142,12 @@ pub async fn serve_stream<IO, H>(
         &config,
         shutdown,
         peer,
+        client.as_ref(),
     )
     .await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run<R: ReadSource, W: WriteSink, H: Handler>(
     rd: R,
     wr: W,
@@ -151,10 +156,20 @@ async fn run<R: ReadSource, W: WriteSink, H: Handler>(
     config: &ConnConfig,
     shutdown: CancellationToken,
     peer: &str,
+    client: Option<&crate::impersonate::PipeClient>,
 ) {
     debug!(peer, "connection accepted");
     let closed = CancellationToken::new();
-    let reader = read_loop(rd, handler, config, &out, closed.clone(), shutdown, peer);
+    let reader = read_loop(
+        rd,
+        handler,
+        config,
+        &out,
+        closed.clone(),
+        shutdown,
+        peer,
+        client,
+    );
     let writer = async {
         if let Err(e) = out::write_loop(wr, &out).await {
             debug!(peer, error = %e, "web server went away while a response was being written");
@@ -224,6 +239,7 @@ impl<R: AsyncRead + Unpin + Send> ReadSource for OwnedSource<R> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop<R: ReadSource, H: Handler>(
     mut rd: R,
     handler: Arc<H>,
@@ -232,6 +248,7 @@ async fn read_loop<R: ReadSource, H: Handler>(
     closed: CancellationToken,
     shutdown: CancellationToken,
     peer: &str,
+    client: Option<&crate::impersonate::PipeClient>,
 ) {
     let mut conn = ServerConnection::new(config.limits.clone());
     let mut active: HashMap<u16, Active> = HashMap::new();
@@ -387,6 +404,7 @@ async fn read_loop<R: ReadSource, H: Handler>(
             out,
             &mut freed,
             peer,
+            client,
         )
         .await
         {
@@ -445,6 +463,7 @@ async fn process<H: Handler>(
     out: &Arc<Out>,
     freed: &mut Vec<u16>,
     peer: &str,
+    client: Option<&crate::impersonate::PipeClient>,
 ) -> Result<(), pyfcgi_proto::ProtoError> {
     loop {
         release_freed(out, freed, conn, active);
@@ -507,6 +526,7 @@ async fn process<H: Handler>(
                     keep_conn: a.keep_conn,
                     body: body_rx,
                     abort: a.abort.clone(),
+                    client: client.cloned(),
                 };
                 let response = ResponseWriter::new(
                     id,

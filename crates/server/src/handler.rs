@@ -69,6 +69,9 @@ pub struct Request {
     pub body: BodyReceiver,
     /// Fires when the web server aborts the request or the connection is lost.
     pub abort: AbortSignal,
+    /// The named pipe's client (IIS), whose identity the request may take on
+    /// (`--impersonate`); `None` on every other transport.
+    pub client: Option<crate::impersonate::PipeClient>,
 }
 
 impl Request {

@@ -20,6 +20,7 @@ pub mod builtin;
 pub mod conn;
 mod error;
 pub mod handler;
+pub mod impersonate;
 pub mod observe;
 mod out;
 pub mod process;

@@ -121,7 +121,10 @@ pub async fn serve<H: Handler>(
                 #[cfg(unix)]
                 Accepted::Unix(s, peer) => serve_connection(s, handler, cfg, stop, &peer).await,
                 #[cfg(windows)]
-                Accepted::Pipe(p) => serve_stream(p, handler, cfg, stop, "pipe").await,
+                Accepted::Pipe(p) => {
+                    let client = p.client();
+                    serve_stream(p, handler, cfg, stop, "pipe", client).await;
+                }
             }
             drop(permit);
         });

@@ -259,6 +259,11 @@ pub static KEYS: &[Key] = &[
         "ASGI: response bytes a request may have handed to `send()` and not yet written before `send()` waits for the client (backpressure). Suffixes k, m, g.",
     ),
     switch(
+        "impersonate",
+        "PYFCGI_IMPERSONATE",
+        "Under IIS with Windows authentication, run each request's Python code as the signed-in user (ImpersonateNamedPipeClient on IIS's pipe, reverted after the request); a request that cannot be impersonated is refused with a 500. WSGI only. Off by default: see docs/iis.md, Impersonation.",
+    ),
+    switch(
         "detailed-errors",
         "PYFCGI_DETAILED_ERRORS",
         "Put the traceback in 500 pages (for local debugging only: it shows code to visitors).",

@@ -91,6 +91,8 @@ pub struct Settings {
     pub spool_dir: Option<PathBuf>,
     pub send_window: u64,
     pub detailed_errors: bool,
+    /// `--impersonate`: requests run as IIS's authenticated user.
+    pub impersonate: bool,
     /// `http` or `https`.
     pub url_scheme: Option<String>,
     pub script_name: Option<String>,

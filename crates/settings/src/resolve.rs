@@ -382,6 +382,12 @@ fn from_web_config(
             key: k.to_owned(),
         };
         let upper = k.to_ascii_uppercase();
+        if upper == "WSGI_HANDLER"
+            && let Some(proxied) = ptvs_proxy(settings, v, file)
+        {
+            raws.extend(proxied);
+            continue;
+        }
         if let Some((_, name)) = WFASTCGI_ALIASES.iter().find(|(a, _)| *a == upper) {
             let values = if *name == "pythonpath" {
                 v.split(';')
@@ -419,6 +425,66 @@ fn from_web_config(
             });
         }
     }
+}
+
+/// Visual Studio's and Azure's wfastcgi templates point `WSGI_HANDLER` at
+/// `ptvs_virtualenv_proxy.get_venv_handler()` (or `get_virtualenv_handler()`), a script that
+/// activates the venv named by `WSGI_ALT_VIRTUALENV_ACTIVATE_THIS` (its python.exe, or
+/// virtualenv's activate_this.py) and then loads `WSGI_ALT_VIRTUALENV_HANDLER`. pyfcgi does
+/// what the proxy does, directly: that handler is the app (each value with its own origin;
+/// aliases, so `PYFCGI_*` keys still win) and that venv is the venv.
+fn ptvs_proxy(settings: &AppSettings, handler: &str, file: &Path) -> Option<Vec<Raw>> {
+    let h = handler.trim().replace(' ', "");
+    if !matches!(
+        h.as_str(),
+        "ptvs_virtualenv_proxy.get_venv_handler()"
+            | "ptvs_virtualenv_proxy.get_virtualenv_handler()"
+    ) {
+        return None;
+    }
+    let find = |key: &str| {
+        settings
+            .iter_with_origin()
+            .filter(|(k, _, _)| k.eq_ignore_ascii_case(key))
+            .last()
+            .map(|(k, v, f)| {
+                (
+                    v.to_owned(),
+                    Origin::WebConfig {
+                        file: f.to_owned(),
+                        key: k.to_owned(),
+                    },
+                )
+            })
+    };
+    let mut out = Vec::new();
+    match find("WSGI_ALT_VIRTUALENV_HANDLER") {
+        Some((app, origin)) => out.push(Raw {
+            key: key("app"),
+            values: vec![app],
+            origin,
+            alias: true,
+        }),
+        // Nothing to proxy to: the value stays, and fails to load with its own message.
+        None => out.push(Raw {
+            key: key("app"),
+            values: vec![handler.to_owned()],
+            origin: Origin::WebConfig {
+                file: file.to_owned(),
+                key: "WSGI_HANDLER".into(),
+            },
+            alias: true,
+        }),
+    }
+    if let Some((venv, origin)) = find("WSGI_ALT_VIRTUALENV_ACTIVATE_THIS") {
+        out.push(Raw {
+            key: key("venv"),
+            values: vec![venv],
+            origin,
+            alias: true,
+        });
+    }
+    Some(out)
 }
 
 /// Raws by key, the winner first (lowest rank; among equals, the last given).
@@ -592,6 +658,7 @@ fn build(p: &mut Picker, config: Option<PathBuf>) -> Settings {
         spool_dir: p.get("spool-dir", path),
         send_window: p.req("send-window", |s| size(s, 1 << 30).and_then(nonzero_size)),
         detailed_errors: p.switch("detailed-errors"),
+        impersonate: p.switch("impersonate"),
         url_scheme: p.get("url-scheme", |s| {
             choice(s, &[("http", "http"), ("https", "https")]).map(str::to_owned)
         }),

@@ -210,6 +210,56 @@ fn pyfcgi_keys_win_over_wfastcgi_keys_whatever_the_order() {
 }
 
 #[test]
+fn the_ptvs_virtualenv_proxy_is_read_as_the_handler_and_venv_it_names() {
+    for proxy in [
+        "ptvs_virtualenv_proxy.get_venv_handler()",
+        "ptvs_virtualenv_proxy.get_virtualenv_handler()",
+    ] {
+        let xml = format!(
+            r#"<add key="WSGI_HANDLER" value="{proxy}"/><add key="WSGI_ALT_VIRTUALENV_HANDLER" value="mysite.wsgi.application"/><add key="WSGI_ALT_VIRTUALENV_ACTIVATE_THIS" value="D:\home\site\env\Scripts\python.exe"/>"#
+        );
+        let r = resolve_from(&Inputs::default(), None, Some(web(&xml, "web.config")));
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            r.settings.app.as_deref(),
+            Some("mysite.wsgi.application"),
+            "{proxy}"
+        );
+        assert_eq!(
+            r.settings.python.venv,
+            Some(PathBuf::from(r"D:\home\site\env\Scripts\python.exe"))
+        );
+        assert_eq!(
+            r.origin("app").map(ToString::to_string).as_deref(),
+            Some("web.config web.config: WSGI_ALT_VIRTUALENV_HANDLER")
+        );
+    }
+    // A PYFCGI_* key in the same file still wins; without the alternative handler the value
+    // stays (and fails to load with its own message).
+    let r = resolve_from(
+        &Inputs::default(),
+        None,
+        Some(web(
+            r#"<add key="WSGI_HANDLER" value="ptvs_virtualenv_proxy.get_venv_handler()"/><add key="WSGI_ALT_VIRTUALENV_HANDLER" value="a.app"/><add key="PYFCGI_APP" value="b:app"/>"#,
+            "web.config",
+        )),
+    );
+    assert_eq!(r.settings.app.as_deref(), Some("b:app"));
+    let r = resolve_from(
+        &Inputs::default(),
+        None,
+        Some(web(
+            r#"<add key="WSGI_HANDLER" value="ptvs_virtualenv_proxy.get_venv_handler()"/>"#,
+            "web.config",
+        )),
+    );
+    assert_eq!(
+        r.settings.app.as_deref(),
+        Some("ptvs_virtualenv_proxy.get_venv_handler()")
+    );
+}
+
+#[test]
 fn web_config_pythonpath_expands_variables_from_the_given_environment() {
     let inputs = Inputs {
         env: vec![("SITE".into(), "/srv/site".into())],

@@ -136,7 +136,11 @@ pub(crate) fn build<'py>(
             .map(|p| p.extract())
             .transpose()?
             .unwrap_or_default();
-        let (script_name, path_info) = pyfcgi_iis::paths::split(prefix, &path);
+        // PATH_INFO is a PEP 3333 native string (its bytes as latin-1); the prefix is text
+        // (APPL_MD_PATH is UTF-8, as is --script-name): compare them in the same form, or a
+        // non-ASCII application name (/café) would never match.
+        let prefix: String = prefix.bytes().map(char::from).collect();
+        let (script_name, path_info) = pyfcgi_iis::paths::split(&prefix, &path);
         env.set_item("SCRIPT_NAME", script_name)?;
         env.set_item("PATH_INFO", path_info)?;
     } else {

@@ -48,6 +48,8 @@ pub struct WsgiConfig {
     pub request_timeout: Option<std::time::Duration>,
     /// A request still running at twice the timeout stops the process (to be replaced).
     pub exit_when_stuck: bool,
+    /// `--impersonate`: each request runs as the named pipe's client (IIS's user).
+    pub impersonate: bool,
 }
 
 impl Default for WsgiConfig {
@@ -63,6 +65,7 @@ impl Default for WsgiConfig {
             shutdown: CancellationToken::new(),
             request_timeout: None,
             exit_when_stuck: false,
+            impersonate: false,
         }
     }
 }

@@ -463,6 +463,21 @@ impl PipeConnection {
         })
     }
 
+    /// The pipe's client, for requests that take on its identity (`--impersonate`): a
+    /// handle of its own, so it outlives this connection's other handles safely. `None` if
+    /// the handle cannot be duplicated (such a request is then refused, not run as us).
+    pub fn client(&self) -> Option<crate::impersonate::PipeClient> {
+        let pipe = self.pipe.as_ref()?;
+        let dup = OwnedRaw::duplicate(std::os::windows::io::AsRawHandle::as_raw_handle(pipe))
+            .map_err(|e| warn!("cannot duplicate the pipe handle for --impersonate: {e}"))
+            .ok()?;
+        let raw = dup.get();
+        std::mem::forget(dup);
+        Some(crate::impersonate::PipeClient::new(
+            crate::impersonate::Pipe::from_owned(raw),
+        ))
+    }
+
     fn end(&mut self, ending: Ending) {
         self.ending.get_or_insert(ending);
     }
