@@ -356,11 +356,11 @@ pub struct BenchCli {
     #[arg(long)]
     pub iis: bool,
 
-    /// The HTTP status sampled responses must have.
+    /// The HTTP status every response must have.
     #[arg(long, value_name = "CODE", default_value_t = 200)]
     pub expect_status: u16,
 
-    /// The body sampled responses must have: DATA or @FILE.
+    /// The body sampled responses (the first, then 1 in 100) must have: DATA or @FILE.
     #[arg(long, value_name = "DATA")]
     pub expect_body: Option<String>,
 

@@ -126,9 +126,13 @@ fn bench_wrong_expected_body_counts_mismatches_and_exits_2() {
     ]);
     assert_code(&out, 2);
     let table = out.stdout_str();
-    // Responses 0, 100 and 200 are checked; the run goes on after a mismatch.
+    // The bodies of responses 0, 100 and 200 are compared; the run goes on after a mismatch.
     assert!(
         table.contains("requests    250 (247 ok, 3 errors)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("checked     the status of every response; the body of 0 (1 in 100)"),
         "{table}"
     );
     assert!(table.contains("body 3"), "{table}");
@@ -227,4 +231,51 @@ fn bench_streams_needs_a_kept_connection() {
     let out = bench(&["--spawn", "--streams", "2", "--", "true"]);
     assert_code(&out, 1);
     assert!(out.stderr.contains("--streams"), "{}", out.stderr);
+}
+
+/// Every response's status is counted, not only the sampled ones: a page that answers 404 is
+/// 200 errors out of 200, and the report says how many bodies were compared.
+#[test]
+fn bench_counts_the_status_of_every_response() {
+    let dir = crate::support::TempDir::new("bench-404");
+    std::fs::write(
+        dir.path().join("notfound.py"),
+        "def app(environ, start_response):\n    \
+         start_response('404 Not Found', [('Content-Type', 'text/plain')])\n    \
+         return [b'no such page']\n",
+    )
+    .unwrap();
+    let spec = format!("{}/notfound.py:app", dir.path().display());
+    let server = Server::tcp(&[&spec]);
+    let out = bench(&["--connect", &server.addr, "-c", "2", "-n", "200"]);
+    assert_code(&out, 2);
+    let table = out.stdout_str();
+    assert!(
+        table.contains("requests    200 (0 ok, 200 errors)"),
+        "{table}"
+    );
+    assert!(table.contains("status 200"), "{table}");
+    assert!(
+        out.stderr.contains("first error: status: status 404"),
+        "{}",
+        out.stderr
+    );
+    // The right status: every one ok, and the sampled bodies (requests 0 and 100) counted.
+    let out = bench(&[
+        "--connect",
+        &server.addr,
+        "-c",
+        "2",
+        "-n",
+        "200",
+        "--expect-status",
+        "404",
+        "--expect-body",
+        "no such page",
+        "--json",
+    ]);
+    assert_code(&out, 0);
+    let json = out.stdout_str();
+    assert_eq!(json_u64(&json, "ok"), 200, "{json}");
+    assert_eq!(json_u64(&json, "bodies_checked"), 2, "{json}");
 }

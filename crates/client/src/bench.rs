@@ -32,9 +32,55 @@ use crate::{End, Stream};
 /// Exit status when any request failed.
 pub const EXIT_REQUEST_ERRORS: i32 = 2;
 
-/// The first response of a run and every `SAMPLE_EVERY`th after it are checked against
-/// `--expect-status` and `--expect-body`; checking all would measure our parser.
+/// Every response's status is checked against `--expect-status` (from its first bytes, which
+/// costs next to nothing); the body of the first response of a run and every `SAMPLE_EVERY`th
+/// after it is compared with `--expect-body` (comparing all would measure our copying).
 pub(crate) const SAMPLE_EVERY: u64 = 100;
+
+/// Response bytes kept for the status of an unsampled response: the CGI head.
+pub(crate) const HEAD_CAPTURE: usize = 4096;
+
+/// Keeps `data` in `sample`: all of it for a sampled response, else up to the head.
+pub(crate) fn keep(sample: &mut BytesMut, data: &[u8], check: bool) {
+    if check {
+        sample.extend_from_slice(data);
+    } else if sample.len() < HEAD_CAPTURE {
+        let n = data.len().min(HEAD_CAPTURE - sample.len());
+        sample.extend_from_slice(&data[..n]);
+    }
+}
+
+/// The HTTP status a CGI response head gives (`Status:`, else 302 for a bare `Location:`,
+/// else 200); `None` when the head is longer than what was kept.
+fn head_status(head: &[u8]) -> Option<Result<u16, String>> {
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| head.windows(2).position(|w| w == b"\n\n"));
+    let Some(end) = end else {
+        return (head.len() < HEAD_CAPTURE)
+            .then(|| Err("invalid CGI response: no blank line after the head".to_owned()));
+    };
+    let mut location = false;
+    for line in head[..end].split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"Status") {
+            let code = value.get(..3).and_then(|d| std::str::from_utf8(d).ok());
+            return Some(code.and_then(|d| d.parse().ok()).ok_or_else(|| {
+                format!(
+                    "invalid CGI response: Status {:?}",
+                    String::from_utf8_lossy(value)
+                )
+            }));
+        }
+        location |= name.eq_ignore_ascii_case(b"Location");
+    }
+    Some(Ok(if location { 302 } else { 200 }))
+}
 
 /// How long a spawned responder gets to exit once its connection is closed.
 const CHILD_GRACE: Duration = Duration::from_secs(5);
@@ -599,6 +645,8 @@ impl ErrorKind {
 #[derive(Debug, Clone)]
 pub struct Stats {
     pub(crate) ok: u64,
+    /// Responses whose body was compared with `--expect-body` (or fully parsed, without it).
+    pub(crate) bodies_checked: u64,
     errors: [u64; 5],
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
@@ -611,6 +659,7 @@ impl Stats {
     pub(crate) fn new() -> Self {
         Self {
             ok: 0,
+            bodies_checked: 0,
             errors: [0; 5],
             bytes_in: 0,
             bytes_out: 0,
@@ -634,6 +683,7 @@ impl Stats {
 
     pub(crate) fn merge(&mut self, other: Self) {
         self.ok += other.ok;
+        self.bodies_checked += other.bodies_checked;
         for (sum, n) in self.errors.iter_mut().zip(other.errors) {
             *sum += n;
         }
@@ -723,6 +773,11 @@ impl Report {
             s.ok,
             s.error_total()
         );
+        let _ = writeln!(
+            out,
+            "checked     the status of every response; the body of {} (1 in {SAMPLE_EVERY}), the others unchecked",
+            s.bodies_checked
+        );
         let _ = writeln!(out, "duration    {:.3} s", self.elapsed.as_secs_f64());
         let _ = writeln!(out, "throughput  {:.1} req/s", self.throughput());
         let mut latency = String::new();
@@ -772,6 +827,7 @@ impl Report {
         let _ = write!(out, ",\"keep_conn\":{}", self.keep_conn);
         let _ = write!(out, ",\"requests\":{}", s.ok + s.error_total());
         let _ = write!(out, ",\"ok\":{}", s.ok);
+        let _ = write!(out, ",\"bodies_checked\":{}", s.bodies_checked);
         let _ = write!(out, ",\"duration_s\":{:.6}", self.elapsed.as_secs_f64());
         let _ = write!(out, ",\"throughput_rps\":{:.3}", self.throughput());
         out.push_str(",\"latency_us\":{");
@@ -1063,8 +1119,8 @@ async fn exchange(
     let bytes_in = &mut stats.bytes_in;
     let response = conn.request_with(&ctx.request, |output, data| {
         *bytes_in += data.len() as u64;
-        if check && output == Output::Stdout {
-            sample.extend_from_slice(&data);
+        if output == Output::Stdout {
+            keep(sample, &data, check);
         }
     });
     let end = within(ctx.limit, response).await.map_err(fail);
@@ -1074,7 +1130,11 @@ async fn exchange(
     if !slot.conn.as_ref().is_some_and(Connection::is_reusable) {
         slot.conn = None;
     }
-    check_end(ctx, end?, check, sample)
+    let checked = check_end(ctx, end?, check, sample);
+    if check && checked.is_ok() {
+        stats.bodies_checked += 1;
+    }
+    checked
 }
 
 /// Applies the correctness gate to a finished request.
@@ -1094,7 +1154,17 @@ pub(crate) fn check_end(
         ));
     }
     if !check {
-        return Ok(());
+        return match head_status(sample) {
+            Some(Ok(status)) if status != ctx.expect_status => Err((
+                ErrorKind::Status,
+                format!(
+                    "status {status} where --expect-status is {}",
+                    ctx.expect_status
+                ),
+            )),
+            Some(Err(e)) => Err((ErrorKind::Protocol, e)),
+            _ => Ok(()),
+        };
     }
     let response = Response {
         stdout: sample.split().freeze(),
@@ -1173,6 +1243,29 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_comes_from_the_cgi_head() {
+        assert_eq!(
+            head_status(b"Status: 404 Not Found\r\nContent-Type: x\r\n\r\nbody"),
+            Some(Ok(404))
+        );
+        assert_eq!(head_status(b"content-type: x\n\nbody"), Some(Ok(200)));
+        assert_eq!(head_status(b"Location: /x\r\n\r\n"), Some(Ok(302)));
+        assert_eq!(
+            head_status(b"status:301 Moved\r\nLocation: /x\r\n\r\n"),
+            Some(Ok(301))
+        );
+        assert!(matches!(head_status(b"Status: abc\r\n\r\n"), Some(Err(_))));
+        assert!(matches!(head_status(b"no head at all"), Some(Err(_))));
+        // A head longer than what is kept: unknown, not an error.
+        assert_eq!(head_status(&[b'x'; HEAD_CAPTURE]), None);
+        let mut kept = BytesMut::new();
+        keep(&mut kept, &[b'a'; HEAD_CAPTURE + 10], false);
+        assert_eq!(kept.len(), HEAD_CAPTURE);
+        keep(&mut kept, b"more", true);
+        assert_eq!(kept.len(), HEAD_CAPTURE + 4);
+    }
 
     #[test]
     fn latencies_are_shown_in_a_readable_unit() {

@@ -195,6 +195,9 @@ async fn lane(
         let outcome = result
             .map_err(|e| (ErrorKind::of(&e), e.report()))
             .and_then(|end| crate::bench::check_end(ctx, end, check, &mut sample));
+        if check && outcome.is_ok() {
+            stats.bodies_checked += 1;
+        }
         crate::bench::record(ctx, phase, &mut stats, latency, outcome);
         if broke {
             return (stats, true);
@@ -216,9 +219,7 @@ async fn collect(
             Some(ClientEvent::Stdout { data, .. }) => {
                 *bytes_in += data.len() as u64;
                 stdout_bytes += data.len();
-                if check {
-                    sample.extend_from_slice(&data);
-                }
+                crate::bench::keep(sample, &data, check);
             }
             Some(ClientEvent::Stderr { data, .. }) => *bytes_in += data.len() as u64,
             Some(ClientEvent::End {
