@@ -179,10 +179,11 @@ fn sighup_rolling_restart_under_load_fails_no_request() {
         s.logs()
     );
     assert!(ok.len() > 50, "only {} requests", ok.len());
-    // Both old workers answered before, and a new one after (nginx may keep all its
-    // kept-alive connections on one of the new workers).
+    // An old worker answered before and a new one after: the load went on, with no failure,
+    // after both old workers exited. (Not "both old workers": nginx may have kept all its
+    // upstream connections on one of them; a CI run once saw exactly that.)
     assert!(
-        pids(&ok).len() >= 3,
+        pids(&ok).len() >= 2,
         "old and new workers should have answered: {:?}",
         pids(&ok)
     );
