@@ -368,6 +368,12 @@ pub struct BenchCli {
     #[arg(long)]
     pub json: bool,
 
+    /// Also write every measured request to FILE as CSV, one line each in the order they were
+    /// due: start_s,latency_us,result (ok, or connect/protocol/status/body/timeout), for
+    /// plotting a run. Warm-up requests are not written.
+    #[arg(long, value_name = "FILE")]
+    pub latency_out: Option<std::path::PathBuf>,
+
     /// The request target: /path?query, or a full http://host:port/path?query URL.
     #[arg(value_name = "URL", default_value = "/")]
     pub url: String,
@@ -401,8 +407,54 @@ impl From<BenchCli> for pyfcgi_client::bench::BenchArgs {
             expect_status: c.expect_status,
             expect_body: c.expect_body,
             json: c.json,
+            latency_out: c.latency_out,
             url: c.url,
             command: c.command,
+        }
+    }
+}
+
+/// Arguments of `pyfcgi top`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopCli {
+    /// The server's --status-bind address (HOST:PORT, unix:PATH or a socket path), or with
+    /// --status-path its FastCGI address (HOST:PORT, unix:PATH).
+    #[arg(value_name = "ADDRESS")]
+    pub address: String,
+
+    /// Ask over FastCGI at ADDRESS for this path (the server's --status-path).
+    #[arg(long, value_name = "PATH")]
+    pub status_path: Option<String>,
+
+    /// Seconds between refreshes (0.1 to 3600).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = top_interval)]
+    pub interval: f64,
+
+    /// Print one plain-text frame (no escape codes) and exit.
+    #[arg(long)]
+    pub once: bool,
+
+    /// With --once: print the status document (JSON) instead.
+    #[arg(long, requires = "once")]
+    pub json: bool,
+}
+
+fn top_interval(s: &str) -> Result<f64, String> {
+    let (lo, hi) = pyfcgi_client::top::INTERVAL_RANGE;
+    match s.parse::<f64>() {
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        _ => Err(format!("give {lo} to {hi} seconds")),
+    }
+}
+
+impl From<TopCli> for pyfcgi_client::top::TopArgs {
+    fn from(c: TopCli) -> Self {
+        Self {
+            address: c.address,
+            status_path: c.status_path,
+            interval: c.interval,
+            once: c.once,
+            json: c.json,
         }
     }
 }
@@ -513,6 +565,46 @@ mod tests {
         assert_eq!(
             (b.spawn_pool, b.streams, b.timeout, b.url.as_str()),
             (Some(3), 1, 10.0, "/")
+        );
+    }
+
+    #[test]
+    fn top_flags_are_range_checked_and_json_needs_once() {
+        let parse = |argv: &[&str]| crate::Cli::try_parse_from(argv.iter().copied());
+        for bad in ["0", "0.01", "3601", "nan", "x", "-1"] {
+            assert!(
+                parse(&["pyfcgi", "top", "h:1", "--interval", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(parse(&["pyfcgi", "top", "h:1", "--json"]).is_err());
+        assert!(parse(&["pyfcgi", "top"]).is_err());
+        let Ok(cli) = parse(&[
+            "pyfcgi",
+            "top",
+            "unix:/s",
+            "--status-path",
+            "/st",
+            "--once",
+            "--json",
+            "--interval",
+            "0.5",
+        ]) else {
+            panic!("top flags")
+        };
+        let crate::Command::Top(t) = cli.command else {
+            panic!("not top")
+        };
+        let t = pyfcgi_client::top::TopArgs::from(t);
+        assert_eq!(
+            (
+                t.address.as_str(),
+                t.status_path.as_deref(),
+                t.interval,
+                t.once,
+                t.json
+            ),
+            ("unix:/s", Some("/st"), 0.5, true, true)
         );
     }
 }

@@ -263,27 +263,29 @@ fn venv_for_iis(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Guesses the framework from the files at the app root.
-fn detect_flavour(root: &Path) -> (Flavour, String) {
-    if root.join("manage.py").is_file() {
-        return (Flavour::Django, "manage.py is in the app folder".into());
-    }
+/// The app folder's `*.py` files (not its subfolders'), sorted, with their text; files over
+/// 1 MiB are left out (big generated files are not where an app creates its app object).
+fn app_scripts(root: &Path) -> Vec<(PathBuf, String)> {
     let mut scripts: Vec<PathBuf> = std::fs::read_dir(root)
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "py") && p.is_file())
+        .filter(|p| p.metadata().is_ok_and(|m| m.len() <= 1 << 20))
         .collect();
     scripts.sort();
-    for p in scripts {
-        // Big generated files are not where an app creates its Flask object.
-        let Ok(meta) = p.metadata() else { continue };
-        if meta.len() > 1 << 20 {
-            continue;
-        }
-        let Ok(text) = std::fs::read_to_string(&p) else {
-            continue;
-        };
+    scripts
+        .into_iter()
+        .filter_map(|p| std::fs::read_to_string(&p).ok().map(|text| (p, text)))
+        .collect()
+}
+
+fn detect_flavour(root: &Path) -> (Flavour, String) {
+    if root.join("manage.py").is_file() {
+        return (Flavour::Django, "manage.py is in the app folder".into());
+    }
+    for (p, text) in app_scripts(root) {
         if text.contains("from flask") || text.contains("import flask") || text.contains("Flask(") {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
             return (
@@ -508,29 +510,18 @@ fn suggest_app(root: &Path) -> Option<String> {
     )
     .ok()?;
     let plain = regex::Regex::new(r"(?m)^(?:application\s*=|def application\s*\()").ok()?;
-    let mut scripts: Vec<PathBuf> = std::fs::read_dir(root)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "py") && p.is_file())
-        .filter(|p| p.metadata().is_ok_and(|m| m.len() <= 1 << 20))
-        .collect();
-    scripts.sort();
-    for p in &scripts {
-        let (Some(module), Ok(text)) = (
-            p.file_stem().and_then(|s| s.to_str()),
-            std::fs::read_to_string(p),
-        ) else {
+    let scripts = app_scripts(root);
+    for (p, text) in &scripts {
+        let Some(module) = p.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
         if module == "manage" || module == "setup" {
             continue;
         }
-        if let Some(name) = object.captures(&text).and_then(|c| c.get(1)) {
+        if let Some(name) = object.captures(text).and_then(|c| c.get(1)) {
             return Some(format!("{module}:{}", name.as_str()));
         }
-        if plain.is_match(&text) {
+        if plain.is_match(text) {
             return Some(format!("{module}:application"));
         }
     }

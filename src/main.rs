@@ -6,6 +6,7 @@ mod cli;
 mod doctor;
 mod event_log;
 mod exit;
+mod generate;
 mod iis_cmd;
 #[cfg(feature = "python")]
 mod lazy;
@@ -44,10 +45,17 @@ enum Command {
     /// Load a FastCGI responder and report throughput, latency percentiles and errors
     /// (exit 2 when any request failed, 1 on a usage or setup error).
     Bench(Box<cli::BenchCli>),
+    /// A live view of a running pyfcgi from its status endpoint (--status-bind, or
+    /// --status-path over FastCGI): totals and one row per worker, like uwsgitop.
+    Top(cli::TopCli),
     /// Register pyfcgi with IIS for a site (enable, disable), or print its web.config.
     Iis(iis_cmd::IisArgs),
     /// Check a site's IIS setup (web.config, handler, venv, import, logs) and say what to fix.
     Doctor(doctor::DoctorArgs),
+    /// Print the shell completion script for bash, zsh, fish, PowerShell or elvish.
+    Completions(generate::CompletionsArgs),
+    /// Print the man page (roff), or write one per subcommand with --out DIR.
+    Man(generate::ManArgs),
 }
 
 #[cfg(feature = "python")]
@@ -63,14 +71,18 @@ pub(crate) struct CheckArgs {
 fn main() -> ExitCode {
     // Under IIS stdout/stderr are invalid handles: make them NUL before anything can print.
     pyfcgi_server::process::prepare_std_handles();
-    if matches!(
-        std::env::args_os()
-            .nth(1)
-            .as_deref()
-            .and_then(|a| a.to_str()),
-        Some("--version" | "-V")
-    ) {
-        print!("{}", version_report());
+    // `--version` is ours (clap's prints one line): `--version [--json]`, in either order.
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let is =
+        |a: &std::ffi::OsString, names: &[&str]| a.to_str().is_some_and(|a| names.contains(&a));
+    if args.iter().any(|a| is(a, &["--version", "-V"]))
+        && args.iter().all(|a| is(a, &["--version", "-V", "--json"]))
+    {
+        if args.iter().any(|a| is(a, &["--json"])) {
+            println!("{}", version_json());
+        } else {
+            print!("{}", version_report());
+        }
         return ExitCode::SUCCESS;
     }
     let cli = Cli::parse();
@@ -80,8 +92,14 @@ fn main() -> ExitCode {
         Command::Check(args) => check::main(args),
         Command::Request(args) => request_main(args.into()),
         Command::Bench(args) => bench_main((*args).into()),
+        Command::Top(args) => {
+            let code = pyfcgi_client::top::main(&args.into());
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
         Command::Iis(args) => iis_cmd::main(args),
         Command::Doctor(args) => doctor::main(&args),
+        Command::Completions(args) => generate::completions(&args),
+        Command::Man(args) => generate::man(&args),
     }
 }
 
@@ -96,11 +114,7 @@ fn version_report() -> String {
     );
     #[cfg(feature = "python")]
     {
-        let hints = pyfcgi_pyhome::Hints {
-            venv: std::env::var_os("PYFCGI_VENV").map(std::path::PathBuf::from),
-            explicit: std::env::var_os("PYFCGI_PYTHON_HOME").map(std::path::PathBuf::from),
-            app_dirs: std::env::current_dir().into_iter().collect(),
-        };
+        let hints = python_hints();
         let _ = writeln!(s, "python built for: CPython {}", pyfcgi_pyhome::BUILT_FOR);
         let _ = writeln!(
             s,
@@ -111,6 +125,51 @@ fn version_report() -> String {
     #[cfg(not(feature = "python"))]
     s.push_str("python: none (built without the `python` feature: built-in handlers only)\n");
     s
+}
+
+/// Where `--version` looks for Python: the venv and home variables, the current folder.
+#[cfg(feature = "python")]
+fn python_hints() -> pyfcgi_pyhome::Hints {
+    pyfcgi_pyhome::Hints {
+        venv: std::env::var_os("PYFCGI_VENV").map(std::path::PathBuf::from),
+        explicit: std::env::var_os("PYFCGI_PYTHON_HOME").map(std::path::PathBuf::from),
+        app_dirs: std::env::current_dir().into_iter().collect(),
+    }
+}
+
+/// `pyfcgi --version --json`: the same facts as one JSON object, for scripts and inventories.
+fn version_json() -> serde_json::Value {
+    #[cfg(feature = "python")]
+    let python = {
+        let hints = python_hints();
+        serde_json::json!({
+            "built_for": pyfcgi_pyhome::BUILT_FOR,
+            "found": pyfcgi_pyhome::found_description(&hints),
+        })
+    };
+    #[cfg(not(feature = "python"))]
+    let python = serde_json::Value::Null;
+    serde_json::json!({
+        "name": "pyfcgi",
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": env!("PYFCGI_GIT_REVISION"),
+        "target": format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+        "features": { "python": cfg!(feature = "python") },
+        "python": python,
+    })
+}
+
+/// What the status document and `pyfcgi_build_info` say about this binary: the same
+/// version, revision and Python as `pyfcgi --version`.
+pub(crate) fn build_info() -> pyfcgi_status::BuildInfo {
+    pyfcgi_status::BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        revision: env!("PYFCGI_GIT_REVISION").to_owned(),
+        #[cfg(feature = "python")]
+        python: pyfcgi_pyhome::BUILT_FOR.to_owned(),
+        #[cfg(not(feature = "python"))]
+        python: "none".to_owned(),
+    }
 }
 
 fn request_main(args: pyfcgi_client::cli::RequestArgs) -> ExitCode {

@@ -34,6 +34,7 @@ fn on_iis_stream(s: &Settings) -> bool {
 }
 
 pub fn main(args: Vec<pyfcgi_settings::Arg>) -> ExitCode {
+    pyfcgi_status::set_build_info(crate::build_info());
     let inputs = startup::inputs(args, None);
     let res = startup::resolve(&inputs);
     let iis = on_iis_stream(&res.settings);
@@ -164,8 +165,10 @@ fn run_app(
                 log
             };
             failure.report();
-            if !connected {
-                // Outside IIS: say it and go, so systemd (or the supervisor) sees it.
+            if !connected || ctx.supervised {
+                // Outside IIS: say it and go, so systemd (or the supervisor) sees it. A
+                // supervised worker never answers 500s for a failed import: the supervisor
+                // keeps the workers that serve and retries.
                 return Err(Exit(failure.exit_code()));
             }
             match failure {
@@ -374,20 +377,28 @@ async fn serve_async<H: pyfcgi_server::Handler>(
     // Metrics when someone reads them (the status path, the supervisor); the access log.
     let mut observers: Vec<Arc<dyn pyfcgi_server::observe::Observer>> = Vec::new();
     if settings.status_path.is_some() || settings.status_bind.is_some() || is_supervised_worker() {
+        if let Some(path) = &settings.status_path {
+            // A scraper's requests are not traffic: they stay out of the counts and latency.
+            pyfcgi_status::global().exclude_path(path);
+        }
         observers.push(Arc::clone(pyfcgi_status::global()) as _);
     }
     if let Some(target) = &settings.access_log {
-        let format = settings
-            .access_log_format
-            .as_deref()
-            .unwrap_or(pyfcgi_status::DEFAULT_ACCESS_FORMAT);
-        let log = pyfcgi_status::AccessLog::open(target, format)?;
+        let log = pyfcgi_status::AccessLog::open(target, settings.access_format())?
+            .with_worker(worker_id());
         observers.push(Arc::new(log));
     }
     let observer: Option<Arc<dyn pyfcgi_server::observe::Observer>> = match observers.len() {
         0 => None,
         1 => observers.pop(),
         _ => Some(Arc::new(pyfcgi_status::Observers(observers))),
+    };
+    // Under the supervisor: kept connections are handed over when this worker retires.
+    #[cfg(unix)]
+    let handover = if is_supervised_worker() {
+        pyfcgi_server::handoff::Handover::from_env().map(Arc::new)
+    } else {
+        None
     };
     let config = ServerConfig {
         conn: ConnConfig {
@@ -403,12 +414,28 @@ async fn serve_async<H: pyfcgi_server::Handler>(
             },
             observer,
             trusted_proxies: settings.trusted_proxy.clone().map(Arc::new),
+            #[cfg(unix)]
+            handover: handover.clone(),
             ..ConnConfig::default()
         },
         max_conns: settings.max_conns,
         graceful_timeout: settings.graceful_timeout,
     };
-    spawn_signal_watcher(shutdown.clone())?;
+    // `shutdown` is what the app side cancels (--max-requests, a stuck request, a changed
+    // file); a supervised worker asks its supervisor to be retired first, and serves until
+    // `serve_stop` (SIGTERM, or the supervisor's answer).
+    #[cfg(unix)]
+    let serve_stop = match &handover {
+        Some(h) => {
+            let serve_stop = CancellationToken::new();
+            pyfcgi_server::handoff::link_stops(Arc::clone(h), shutdown.clone(), serve_stop.clone());
+            serve_stop
+        }
+        None => shutdown.clone(),
+    };
+    #[cfg(not(unix))]
+    let serve_stop = shutdown.clone();
+    spawn_signal_watcher(serve_stop.clone())?;
     info!(
         pid = std::process::id(),
         "pyfcgi {} starting",
@@ -424,9 +451,9 @@ async fn serve_async<H: pyfcgi_server::Handler>(
     let outcome = match &settings.status_path {
         Some(path) => {
             let handler = Arc::new(pyfcgi_status::StatusHandler::new(handler, path.clone()));
-            pyfcgi_server::serve(listener, handler, config, shutdown).await?
+            pyfcgi_server::serve(listener, handler, config, serve_stop).await?
         }
-        None => pyfcgi_server::serve(listener, handler, config, shutdown).await?,
+        None => pyfcgi_server::serve(listener, handler, config, serve_stop).await?,
     };
     #[cfg(unix)]
     if is_supervised_worker() {
@@ -450,10 +477,19 @@ fn spawn_signal_watcher(shutdown: CancellationToken) -> anyhow::Result<()> {
                 _ = int.recv() => "SIGINT",
             };
             if first {
-                info!(
-                    signal = name,
-                    "shutting down gracefully (send again to exit at once)"
-                );
+                if is_supervised_worker() {
+                    // The supervisor retires workers this way (a rolling restart, a limit,
+                    // its own stop); the hint below is for a person at a terminal.
+                    info!(
+                        signal = name,
+                        "stopping at the supervisor's request: finishing the requests in progress"
+                    );
+                } else {
+                    info!(
+                        signal = name,
+                        "shutting down gracefully (send again to exit at once)"
+                    );
+                }
                 shutdown.cancel();
                 first = false;
             } else {
@@ -592,6 +628,17 @@ fn is_supervised_worker() -> bool {
 #[cfg(windows)]
 fn is_supervised_worker() -> bool {
     false
+}
+
+/// The supervisor's id for this worker (`--workers`), for its access-log lines.
+#[cfg(unix)]
+fn worker_id() -> Option<u64> {
+    pyfcgi_supervisor::message::worker_id()
+}
+
+#[cfg(windows)]
+fn worker_id() -> Option<u64> {
+    None
 }
 
 #[cfg(windows)]

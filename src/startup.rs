@@ -64,6 +64,7 @@ pub enum LogPlace {
 pub fn init_logging(res: &Resolution, iis: bool) -> LogPlace {
     let s = &res.settings;
     let level = s.log_level.as_str();
+    crate::logging::set_format(s.log_format);
     let mut open_error = None;
     if let Some(path) = &s.log_file {
         match crate::logging::init_file(path, level, rotation(s)) {
@@ -116,10 +117,12 @@ pub fn failure_log(place: LogPlace, s: &Settings) -> LogPlace {
 /// beside its web.config.
 #[cfg(feature = "python")]
 pub fn attach_logging(res: &Resolution, root: &Path, has_log_file: bool) -> LogPlace {
+    let s = &res.settings;
+    // The app folder's settings may ask for JSON: from now on, whatever the file.
+    crate::logging::set_format(s.log_format);
     if has_log_file {
         return LogPlace::Configured;
     }
-    let s = &res.settings;
     let mut why = None;
     if let Some(path) = &s.log_file {
         match crate::logging::attach_file(path, rotation(s)) {
@@ -230,6 +233,12 @@ impl Failure {
     /// IIS nobody reads stderr).
     pub fn report(&self) {
         let text = self.diagnosis();
+        // A supervised worker's diagnosis is logged by the supervisor, once for all the
+        // workers that fail the same way (a crash loop, or every first worker at once).
+        #[cfg(unix)]
+        if pyfcgi_supervisor::message::report_failure(&text) {
+            return;
+        }
         error!("{text}");
         crate::event_log::report(&text);
     }

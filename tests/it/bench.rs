@@ -279,3 +279,74 @@ fn bench_counts_the_status_of_every_response() {
     assert_eq!(json_u64(&json, "ok"), 200, "{json}");
     assert_eq!(json_u64(&json, "bodies_checked"), 2, "{json}");
 }
+
+#[test]
+fn bench_latency_out_writes_every_measured_request_as_csv() {
+    let dir = crate::support::TempDir::new("bench-latency-out");
+    std::fs::write(
+        dir.path().join("half.py"),
+        "import itertools\n\
+         n = itertools.count()\n\
+         def app(environ, start_response):\n    \
+         status = '200 OK' if next(n) % 2 else '503 Busy'\n    \
+         start_response(status, [('Content-Type', 'text/plain')])\n    \
+         return [b'x']\n",
+    )
+    .unwrap();
+    let spec = format!("{}/half.py:app", dir.path().display());
+    let server = Server::tcp(&[&spec]);
+    let csv = dir.path().join("lat.csv");
+    let out = bench(&[
+        "--connect",
+        &server.addr,
+        "-c",
+        "2",
+        "-n",
+        "300",
+        "--warmup",
+        "0.2",
+        "--latency-out",
+        csv.to_str().unwrap(),
+    ]);
+    assert_code(&out, 2);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("start_s,latency_us,result"), "{text}");
+    let rows: Vec<(f64, f64, &str)> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 3, "{l}");
+            (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2])
+        })
+        .collect();
+    // The measured requests only (the warm-up's are not written), in start order.
+    assert_eq!(rows.len(), 300, "{text}");
+    assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0), "{text}");
+    assert!(rows.iter().all(|r| r.1 > 0.0), "{text}");
+    let ok = rows.iter().filter(|r| r.2 == "ok").count();
+    let status = rows.iter().filter(|r| r.2 == "status").count();
+    assert_eq!(ok + status, 300, "{text}");
+    // The same counts as the table.
+    let table = out.stdout_str();
+    assert!(
+        table.contains(&format!("requests    300 ({ok} ok, {status} errors)")),
+        "{table}\n{ok} ok, {status} status errors in the file"
+    );
+    assert!(ok > 0 && status > 0, "{text}");
+
+    // A file that cannot be written fails before the run, with the path.
+    let out = bench(&[
+        "--connect",
+        &server.addr,
+        "-n",
+        "5",
+        "--latency-out",
+        dir.path().join("no/such/dir/lat.csv").to_str().unwrap(),
+    ]);
+    assert_code(&out, 1);
+    assert!(
+        out.stderr.contains("cannot write the latency file") && out.stderr.contains("no/such/dir"),
+        "{}",
+        out.stderr
+    );
+}

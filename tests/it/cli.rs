@@ -312,3 +312,209 @@ fn request_expect_body_mismatch_exits_4() {
         out.stderr
     );
 }
+
+/// The long flags `pyfcgi SUBCOMMAND --help` lists (`--help` and `--version` aside).
+fn help_flags(subcommand: &str) -> std::collections::BTreeSet<String> {
+    let out = run_pyfcgi(&[subcommand, "--help"], &[], None, LIMIT);
+    assert_ok(&out);
+    out.stdout_str()
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l
+                .strip_prefix('-')
+                .filter(|_| !l.starts_with("--"))
+                .map_or(l, |rest| {
+                    // `-b, --bind <ADDR>`
+                    rest.split_once(", ").map_or(l, |(_, long)| long)
+                });
+            let name = l.strip_prefix("--")?;
+            let name: String = name
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            (!name.is_empty() && name != "help" && name != "version").then_some(name)
+        })
+        .collect()
+}
+
+/// The flags docs/configuration.md lists in the tables of `heading`'s section (the first
+/// cell of each row: `` `--name VALUE` ``, `` `--a` / `--b` ``, ...).
+fn documented_flags(heading: &str) -> std::collections::BTreeSet<String> {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
+    let start = doc
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?} in docs/configuration.md"));
+    let section = &doc[start + heading.len()..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    let mut flags = std::collections::BTreeSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cell = row[1..].split(" | ").next().unwrap_or_default();
+        for part in cell.split('`').skip(1).step_by(2) {
+            if let Some(name) = part.strip_prefix("--") {
+                let name: String = name
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                flags.insert(name);
+            }
+        }
+    }
+    flags
+}
+
+#[test]
+fn every_flag_is_documented_in_configuration_md_and_every_documented_flag_exists() {
+    for (subcommand, heading) in [
+        ("serve", "## `pyfcgi serve [APP]`"),
+        ("request", "## `pyfcgi request`"),
+        ("bench", "## `pyfcgi bench`"),
+        ("top", "## `pyfcgi top`"),
+    ] {
+        let real = help_flags(subcommand);
+        let documented = documented_flags(heading);
+        assert!(real.len() >= 3, "{subcommand}: parsed {real:?} from --help");
+        let undocumented: Vec<_> = real.difference(&documented).collect();
+        let unknown: Vec<_> = documented.difference(&real).collect();
+        assert!(
+            undocumented.is_empty() && unknown.is_empty(),
+            "pyfcgi {subcommand}: flags missing from docs/configuration.md ({heading}): \
+             {undocumented:?}; documented there but not flags of pyfcgi {subcommand}: {unknown:?}"
+        );
+    }
+}
+
+/// Runs `shell -c script` (None when the shell is not installed), returning stdout.
+fn shell_out(shell: &str, script: &str) -> Option<String> {
+    let out = std::process::Command::new(shell)
+        .arg("-c")
+        .arg(script)
+        .env("PYFCGI", pyfcgi())
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "{shell} -c {script}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn completions_are_generated_for_each_shell_and_complete_flags_and_subcommands() {
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let out = run_pyfcgi(&["completions", shell], &[], None, LIMIT);
+        assert_ok(&out);
+        let script = out.stdout_str();
+        for word in ["max-requests", "latency-out", "completions", "bench"] {
+            assert!(script.contains(word), "{shell}: no {word} in\n{script}");
+        }
+    }
+    // Loaded into the shells themselves (scripts/install-deps installs zsh and fish).
+    let bash = shell_out(
+        "bash",
+        r#"source <("$PYFCGI" completions bash)
+           COMP_WORDS=(pyfcgi serve --max-re); COMP_CWORD=2
+           _pyfcgi pyfcgi --max-re serve; echo "${COMPREPLY[@]}"
+           COMP_WORDS=(pyfcgi compl); COMP_CWORD=1
+           _pyfcgi pyfcgi compl pyfcgi; echo "${COMPREPLY[@]}""#,
+    )
+    .expect("bash is installed");
+    assert_eq!(
+        bash,
+        "--max-requests --max-requests-jitter --max-requests-per-conn\ncompletions\n"
+    );
+    if let Some(fish) = shell_out(
+        "fish",
+        r#"source ("$PYFCGI" completions fish | psub); complete -C 'pyfcgi bench --latency'"#,
+    ) {
+        assert!(fish.starts_with("--latency-out\t"), "{fish}");
+    }
+    // zsh parses it (-n: no execution).
+    let dir = TempDir::new("zsh-completion");
+    let file = dir.path().join("_pyfcgi");
+    std::fs::write(
+        &file,
+        run_pyfcgi(&["completions", "zsh"], &[], None, LIMIT).stdout,
+    )
+    .unwrap();
+    shell_out("zsh", &format!("zsh -n {}", file.display()));
+    let out = run_pyfcgi(&["completions", "tcsh"], &[], None, LIMIT);
+    assert_eq!(out.code(), Some(2));
+    assert!(
+        out.stderr
+            .contains("possible values: bash, elvish, fish, powershell, zsh"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn man_pages_are_generated_for_pyfcgi_and_each_subcommand() {
+    let out = run_pyfcgi(&["man"], &[], None, LIMIT);
+    assert_ok(&out);
+    let page = out.stdout_str();
+    assert!(page.contains(".TH pyfcgi 1"), "{page}");
+    assert!(page.contains("pyfcgi\\-serve"), "{page}");
+    let dir = TempDir::new("man-pages");
+    let out_dir = dir.path().join("man1");
+    let out = run_pyfcgi(
+        &["man", "--out", out_dir.to_str().unwrap()],
+        &[],
+        None,
+        LIMIT,
+    );
+    assert_ok(&out);
+    let serve = std::fs::read_to_string(out_dir.join("pyfcgi-serve.1")).unwrap();
+    assert!(serve.contains(".TH pyfcgi-serve 1"), "{serve}");
+    assert!(serve.contains("max\\-requests"), "{serve}");
+    for page in [
+        "pyfcgi.1",
+        "pyfcgi-bench.1",
+        "pyfcgi-iis-enable.1",
+        "pyfcgi-doctor.1",
+    ] {
+        assert!(out_dir.join(page).exists(), "{page} missing");
+    }
+    let written = std::fs::read_dir(&out_dir).unwrap().count();
+    assert!(
+        out.stderr.contains(&format!("wrote {written} pages into")),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn version_json_is_one_object_with_the_version_and_revision() {
+    for argv in [["--version", "--json"], ["--json", "-V"]] {
+        let out = run_pyfcgi(&argv, &[], None, LIMIT);
+        assert_ok(&out);
+        let text = out.stdout_str();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["name"], "pyfcgi");
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+        assert!(v["revision"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+        assert_eq!(v["features"]["python"], true);
+        assert!(
+            v["python"]["built_for"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("3.")),
+            "{v}"
+        );
+        // The text form says the same.
+        let plain = run_pyfcgi(&["--version"], &[], None, LIMIT).stdout_str();
+        assert!(
+            plain.starts_with(&format!(
+                "pyfcgi {} (git {})",
+                v["version"].as_str().unwrap(),
+                v["revision"].as_str().unwrap()
+            )),
+            "{plain}"
+        );
+    }
+}

@@ -23,6 +23,7 @@ mod iis_paths;
 mod lifecycle;
 mod lighttpd;
 mod limits;
+mod logs;
 mod migration;
 mod nginx;
 mod python_nginx;

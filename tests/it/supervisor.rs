@@ -20,11 +20,18 @@ fn app_spec() -> String {
 struct Stack {
     server: Server,
     nginx: Nginx,
+    /// pyfcgi's FastCGI socket (nginx's upstream).
+    sock: std::path::PathBuf,
     _dir: TempDir,
 }
 
 impl Stack {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with(args, env, "")
+    }
+
+    /// [`Stack::start`] with more directives in nginx's location.
+    fn start_with(args: &[&str], env: &[(&str, &str)], location_extra: &str) -> Self {
         let dir = TempDir::new("workers");
         let sock = dir.path().join("pyfcgi.sock");
         let spec = app_spec();
@@ -46,11 +53,14 @@ impl Stack {
         let params = Nginx::fastcgi_params();
         let nginx = Nginx::start(
             &upstream,
-            &format!("location / {{ {params} fastcgi_keep_conn on; fastcgi_pass pyfcgi; }}"),
+            &format!(
+                "location / {{ {params} fastcgi_keep_conn on; {location_extra} fastcgi_pass pyfcgi; }}"
+            ),
         );
         Self {
             server,
             nginx,
+            sock,
             _dir: dir,
         }
     }
@@ -536,7 +546,7 @@ fn the_status_path_reports_every_worker_as_json_and_prometheus_and_the_access_lo
     assert_eq!(m["pyfcgi_workers_ready"], 2.0);
     assert!(m["pyfcgi_requests_total{class=\"2xx\"}"] >= 21.0, "{m:?}");
     assert!(
-        m["pyfcgi_request_duration_seconds{quantile=\"0.99\"}"] > 0.0,
+        m["pyfcgi_request_duration_seconds_bucket{le=\"+Inf\"}"] >= 21.0,
         "{m:?}"
     );
     assert!(m["pyfcgi_request_duration_seconds_count"] >= 21.0, "{m:?}");
@@ -851,4 +861,840 @@ fn request_timeout_answers_504_logs_the_python_stack_and_replaces_a_stuck_worker
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(get(s.nginx.port, "/").is_ok(), "{}", s.logs());
+}
+
+/// One sample as the reference parser (`prometheus_client`) reads it.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: std::collections::BTreeMap<String, String>,
+    value: f64,
+    /// The family's type.
+    kind: String,
+}
+
+/// Parses `text` with Prometheus's reference parser (`prometheus_client`, in the test venv),
+/// and checks it with `promtool check metrics` when promtool is installed.
+fn parse_with_reference(text: &str) -> Vec<Sample> {
+    use std::io::Write;
+    const SCRIPT: &str = "import json, sys\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        for f in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       print(json.dumps({'name': s.name, 'labels': s.labels, 'value': s.value, 'kind': f.type}))\n";
+    let python = Path::new(crate::python_nginx::venv()).join("bin/python");
+    let run = |cmd: &mut std::process::Command| {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(std::process::Command::new(&python).args(["-c", SCRIPT]));
+    assert!(
+        out.status.success(),
+        "prometheus_client rejects the scrape: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let check = run(std::process::Command::new("promtool").args(["check", "metrics"]));
+        assert!(
+            check.status.success(),
+            "promtool check metrics: {}{}\n{text}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let text = |k: &str| v[k].as_str().unwrap().to_owned();
+            Sample {
+                name: text("name"),
+                labels: v["labels"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                    .collect(),
+                value: v["value"].as_f64().unwrap(),
+                kind: text("kind"),
+            }
+        })
+        .collect()
+}
+
+/// The value of the sample `name` with exactly `labels` (panics when absent).
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && s.labels.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .unwrap_or_else(|| panic!("no {name}{labels:?} in {samples:?}"))
+        .value
+}
+
+/// The `slot` labels of the samples of `name`.
+fn slots_of(samples: &[Sample], name: &str) -> BTreeSet<String> {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter_map(|s| s.labels.get("slot").cloned())
+        .collect()
+}
+
+/// Checks a scrape's histogram: cumulative buckets in `le` order ending with +Inf = _count.
+fn check_histogram(samples: &[Sample]) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.name == "pyfcgi_request_duration_seconds_bucket")
+        .map(|s| (s.labels["le"].parse::<f64>().unwrap(), s.value))
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(buckets.len() >= 10, "{buckets:?}");
+    assert!(
+        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "not cumulative: {buckets:?}"
+    );
+    let count = value(samples, "pyfcgi_request_duration_seconds_count", &[]);
+    assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, count));
+    assert!(value(samples, "pyfcgi_request_duration_seconds_sum", &[]) > 0.0);
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.name.starts_with("pyfcgi_request_duration_seconds") && s.kind == "histogram")
+    );
+    count
+}
+
+#[test]
+fn metrics_follow_prometheus_conventions_with_a_histogram_and_series_by_worker_slot() {
+    let port = crate::support::free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let s = Stack::start(
+        &[
+            "--workers",
+            "2",
+            "--status-path",
+            "/pyfcgi-status",
+            "--status-bind",
+            &bind,
+        ],
+        &[],
+    );
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    // Status requests first: were they counted, the totals below would be over 20.
+    for _ in 0..5 {
+        let (st, _, _) = crate::support::http(s.nginx.port, "GET", "/pyfcgi-status", &[], b"");
+        assert_eq!(st, 200, "{}", s.logs());
+    }
+    for _ in 0..20 {
+        get(s.nginx.port, "/").unwrap();
+    }
+    let scrape = |path: &str| {
+        let (st, head, body) = status_get(port, path).unwrap();
+        assert_eq!(st, 200, "{head}");
+        String::from_utf8(body).unwrap()
+    };
+    // Workers report once a second: wait until every app request is counted.
+    let end = Instant::now() + Duration::from_secs(15);
+    let samples = loop {
+        let samples = parse_with_reference(&scrape("/metrics"));
+        let total: f64 = samples
+            .iter()
+            .filter(|s| s.name == "pyfcgi_requests_total")
+            .map(|s| s.value)
+            .sum();
+        if total >= 20.0 {
+            assert_eq!(total, 20.0, "the status path's requests were counted");
+            break samples;
+        }
+        assert!(Instant::now() < end, "requests never counted: {samples:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(check_histogram(&samples), 20.0);
+    let build = samples
+        .iter()
+        .find(|s| s.name == "pyfcgi_build_info")
+        .expect("pyfcgi_build_info");
+    assert_eq!(build.value, 1.0);
+    assert_eq!(build.labels["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        !build.labels["revision"].is_empty() && build.labels["python"].starts_with("3."),
+        "{build:?}"
+    );
+    let both: BTreeSet<String> = ["0", "1"].iter().map(|s| (*s).to_owned()).collect();
+    for family in [
+        "pyfcgi_worker_ready",
+        "pyfcgi_worker_requests_total",
+        "pyfcgi_worker_requests_in_flight",
+        "pyfcgi_worker_resident_memory_bytes",
+        "pyfcgi_worker_restarts_total",
+        "pyfcgi_worker_cpu_seconds_total",
+        "pyfcgi_worker_open_fds",
+    ] {
+        assert_eq!(slots_of(&samples, family), both, "{family}: {samples:?}");
+    }
+    // Each worker has imported Python and holds its sockets and files.
+    for s in samples.iter().filter(|s| {
+        s.name == "pyfcgi_worker_cpu_seconds_total" || s.name == "pyfcgi_worker_open_fds"
+    }) {
+        assert!(s.value > 0.0, "{s:?}");
+    }
+    assert!(
+        samples.iter().all(|s| !s.labels.contains_key("pid")),
+        "a series by pid: {samples:?}"
+    );
+    let by_slot: f64 = samples
+        .iter()
+        .filter(|s| s.name == "pyfcgi_worker_requests_total")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(by_slot, 20.0);
+    for name in [
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_max_fds",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+    ] {
+        assert!(value(&samples, name, &[]) > 0.0, "{name}");
+    }
+    // The status path serves the same families (from the supervisor's file).
+    let (st, _, body) = crate::support::http(
+        s.nginx.port,
+        "GET",
+        "/pyfcgi-status?format=prometheus",
+        &[],
+        b"",
+    );
+    assert_eq!(st, 200);
+    let via_path = parse_with_reference(&String::from_utf8_lossy(&body));
+    check_histogram(&via_path);
+    assert_eq!(slots_of(&via_path, "pyfcgi_worker_ready"), both);
+    let doc: serde_json::Value = serde_json::from_str(&scrape("/")).unwrap();
+    let mut slots: Vec<u64> = doc["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["slot"].as_u64().unwrap())
+        .collect();
+    slots.sort_unstable();
+    assert_eq!(slots, [0, 1], "{doc}");
+
+    // A rolling restart: the replacements take the slots, so the series stay the same.
+    kill(s.server.pid(), libc::SIGHUP);
+    assert!(
+        s.wait_count("worker ready", 4, Duration::from_secs(30)),
+        "{}",
+        s.logs()
+    );
+    assert!(
+        s.wait_count("worker exited", 2, Duration::from_secs(30)),
+        "{}",
+        s.logs()
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = parse_with_reference(&scrape("/metrics"));
+        let restarts: f64 = samples
+            .iter()
+            .filter(|s| s.name == "pyfcgi_worker_restarts_total")
+            .map(|s| s.value)
+            .sum();
+        if restarts == 2.0 && value(&samples, "pyfcgi_workers_alive", &[]) == 2.0 {
+            for family in ["pyfcgi_worker_ready", "pyfcgi_worker_requests_total"] {
+                assert_eq!(slots_of(&samples, family), both, "{family}: {samples:?}");
+            }
+            for slot in ["0", "1"] {
+                assert_eq!(
+                    value(&samples, "pyfcgi_worker_restarts_total", &[("slot", slot)]),
+                    1.0
+                );
+            }
+            // The counters keep the replaced workers' requests.
+            let by_slot: f64 = samples
+                .iter()
+                .filter(|s| s.name == "pyfcgi_worker_requests_total")
+                .map(|s| s.value)
+                .sum();
+            assert!(by_slot >= 20.0, "{samples:?}");
+            assert!(check_histogram(&samples) >= 20.0);
+            break;
+        }
+        assert!(Instant::now() < end, "{samples:?}\n{}", s.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `pyfcgi top ARGS --once`: (exit code, stdout, stderr).
+fn top_once(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all = vec!["top"];
+    all.extend_from_slice(args);
+    all.push("--once");
+    let out = crate::support::run_pyfcgi(&all, &[], None, Duration::from_secs(20));
+    (out.code(), out.stdout_str(), out.stderr)
+}
+
+/// Checks a `pyfcgi top --once` frame of a `--workers 2` server: the totals, a row per slot.
+fn check_top_frame(args: &[&str], logs: &dyn Fn() -> String) {
+    let (code, out, err) = top_once(args);
+    assert_eq!(code, Some(0), "{err}\n{}", logs());
+    assert!(!out.contains('\u{1b}'), "escape codes in --once: {out:?}");
+    assert!(
+        out.contains("workers 2 alive, 2 ready") && out.contains("latency p50 "),
+        "{out}"
+    );
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(" MiB") && l.contains(" ready "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let slots: BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|r| r.split_whitespace().next())
+        .collect();
+    assert_eq!(slots, BTreeSet::from(["0", "1"]), "{out}");
+    let (code, json, err) = top_once(&[args, &["--json"]].concat());
+    assert_eq!(code, Some(0), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["workers"].as_array().map(Vec::len), Some(2), "{doc}");
+}
+
+#[test]
+fn top_shows_every_worker_over_tcp_fastcgi_and_a_unix_socket_and_names_an_unreachable_endpoint() {
+    let port = crate::support::free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let s = Stack::start(
+        &[
+            "--workers",
+            "2",
+            "--status-path",
+            "/pyfcgi-status",
+            "--status-bind",
+            &bind,
+        ],
+        &[],
+    );
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    for _ in 0..10 {
+        get(s.nginx.port, "/").unwrap();
+    }
+    // The supervisor publishes readiness within a second of it: wait for both.
+    let end = Instant::now() + Duration::from_secs(10);
+    while top_once(&[&bind]).1.matches(" ready ").count() < 2 {
+        assert!(Instant::now() < end, "{}", s.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check_top_frame(&[&bind], &|| s.logs());
+    let fcgi = format!("unix:{}", s.sock.display());
+    check_top_frame(&[&fcgi, "--status-path", "/pyfcgi-status"], &|| s.logs());
+
+    // A --status-bind on a Unix socket, given as a path.
+    let dir = TempDir::new("top-unix");
+    let status_sock = dir.path().join("status.sock");
+    let u = Stack::start(
+        &[
+            "--workers",
+            "2",
+            "--status-bind",
+            &format!("unix:{}", status_sock.display()),
+        ],
+        &[],
+    );
+    assert!(
+        u.wait_count("worker ready", 2, Duration::from_secs(20)),
+        "{}",
+        u.logs()
+    );
+    let path = status_sock.display().to_string();
+    let end = Instant::now() + Duration::from_secs(10);
+    while top_once(&[&path]).1.matches(" ready ").count() < 2 {
+        assert!(Instant::now() < end, "{}", u.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check_top_frame(&[&path], &|| u.logs());
+
+    // Nothing there: said clearly, with what to check, and a non-zero exit.
+    let nobody = format!("127.0.0.1:{}", crate::support::free_port());
+    let (code, out, err) = top_once(&[&nobody]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains(&format!("cannot read the status from http://{nobody}/"))
+            && err.contains("Connection refused")
+            && err.contains(&format!("--status-bind {nobody}?")),
+        "{err}"
+    );
+    let (code, _, err) = top_once(&[&fcgi, "--status-path", "/not-the-status"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--status-path /not-the-status"), "{err}");
+}
+
+/// Runs `pyfcgi top ADDRESS --interval 0.2` under a pseudo-terminal until it has drawn the
+/// worker table twice, then `mode`: "q" stops the server (`server`), waits for the view to say
+/// the endpoint is lost and presses q; "term" sends the view SIGTERM. Returns (exit code,
+/// whether the step was done, everything the terminal got).
+fn top_in_pty(mode: &str, server: u32, address: &str) -> (String, String) {
+    const SCRIPT: &str = r#"
+import os, pty, select, signal, sys, time
+mode, server = sys.argv[1], int(sys.argv[2])
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[3], sys.argv[3:])
+buf, stopped, sent = b"", False, False
+end = time.time() + 30
+while time.time() < end:
+    if not stopped and buf.count(b"SLOT") >= 2:
+        if mode == "q":
+            os.kill(server, signal.SIGTERM)
+        else:
+            os.kill(pid, signal.SIGTERM)
+            sent = True
+        stopped = True
+    if stopped and not sent and b"endpoint lost" in buf:
+        os.write(fd, b"q")
+        sent = True
+    r, _, _ = select.select([fd], [], [], 0.1)
+    if r:
+        try:
+            d = os.read(fd, 65536)
+        except OSError:
+            break
+        if not d:
+            break
+        buf += d
+if not sent:
+    os.kill(pid, 9)
+_, st = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(st), int(sent))
+print(buf.hex())
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT, mode, &server.to_string()])
+        .args([crate::support::pyfcgi(), "top", address])
+        .args(["--interval", "0.2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    let status = lines.next().unwrap_or_default().to_owned();
+    let screen = lines
+        .next()
+        .and_then(|h| {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()
+        })
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|| {
+            format!(
+                "no output; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    (status, screen)
+}
+
+/// The terminal got the alternate screen, then left it at the very end, cursor shown again.
+fn check_terminal_restored(screen: &str) {
+    let enter = screen
+        .find("\u{1b}[?1049h")
+        .expect("alternate screen entered");
+    let leave = screen
+        .rfind("\u{1b}[?1049l")
+        .expect("alternate screen left");
+    assert!(enter < leave && screen[leave..].len() <= 16, "{screen:?}");
+    assert!(
+        screen.contains("\u{1b}[?25h"),
+        "cursor shown again: {screen:?}"
+    );
+}
+
+#[test]
+fn top_live_view_draws_frames_says_when_the_endpoint_is_lost_and_restores_the_terminal() {
+    let port = crate::support::free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let s = Stack::start(&["--workers", "2", "--status-bind", &bind], &[]);
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(20)),
+        "{}",
+        s.logs()
+    );
+    // SIGTERM (a closed terminal's SIGHUP the same) ends the view like q.
+    let (status, screen) = top_in_pty("term", s.server.pid(), &bind);
+    assert_eq!(status, "0 1", "exit code, SIGTERM sent: {screen:?}");
+    assert!(screen.contains("workers 2 alive"), "{screen:?}");
+    check_terminal_restored(&screen);
+    // The server goes away: the view says so and keeps retrying until q.
+    let (status, screen) = top_in_pty("q", s.server.pid(), &bind);
+    assert_eq!(status, "0 1", "exit code, q sent: {screen:?}\n{}", s.logs());
+    assert!(
+        screen.contains("!! endpoint lost: cannot connect") && screen.contains("retrying every"),
+        "{screen:?}"
+    );
+    check_terminal_restored(&screen);
+}
+
+// ---- Rolling restarts and recycling keep kept connections (docs/deployment.md, "Kept
+// connections across a restart"). `pyfcgi bench` talks FastCGI straight to the workers with
+// FCGI_KEEP_CONN and does not retry, like Apache or lighttpd: a kept connection closed by a
+// retiring worker just as a request arrives on it is a failed request.
+
+/// `pyfcgi serve` of the workers app on a unix socket, with `extra` flags, the access log
+/// giving the pid of the worker that answered each request.
+struct Supervised {
+    server: Server,
+    sock: std::path::PathBuf,
+    access: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl Supervised {
+    fn start(extra: &[&str]) -> Self {
+        let dir = TempDir::new("handover");
+        let sock = dir.path().join("pyfcgi.sock");
+        let access = dir.path().join("access.log");
+        let spec = app_spec();
+        let access_arg = access.display().to_string();
+        let mut args = vec![
+            spec.as_str(),
+            "--access-log",
+            access_arg.as_str(),
+            "--access-log-format",
+            "{pid} {status}",
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = serve_command(&args);
+        cmd.arg("--bind")
+            .arg(format!("unix:{}", sock.display()))
+            .env("PYFCGI_LOG", "info")
+            .stdin(Stdio::null());
+        let server = Server::from_command(cmd, None);
+        Self {
+            server,
+            sock,
+            access,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until the log has `needle` `n` times; false after `limit`.
+    fn wait_count(&self, needle: &str, n: usize, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if self.server.log().matches(needle).count() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The pids in the access log, one per request.
+    fn answered_by(&self) -> Vec<u32> {
+        std::fs::read_to_string(&self.access)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// Waits until the access log has at least `n` requests; false after `limit`.
+    fn wait_requests(&self, n: usize, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if self.answered_by().len() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The pids of the workers with supervisor ids `ids` ("worker started worker=N pid=P").
+    fn pids_of(&self, ids: std::ops::RangeInclusive<u64>) -> BTreeSet<u32> {
+        let field = |line: &str, key: &str| -> Option<u64> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))?
+                .parse()
+                .ok()
+        };
+        self.server
+            .log()
+            .lines()
+            .filter(|l| l.contains("worker started"))
+            .filter_map(|l| Some((field(l, "worker=")?, field(l, "pid=")?)))
+            .filter(|(id, _)| ids.contains(id))
+            .filter_map(|(_, pid)| u32::try_from(pid).ok())
+            .collect()
+    }
+}
+
+/// `pyfcgi bench` running in the background against `sock`, kept connections (its default).
+struct BenchRun {
+    child: std::process::Child,
+    out: std::sync::mpsc::Receiver<(String, String)>,
+}
+
+impl BenchRun {
+    fn start(sock: &Path, args: &[&str]) -> Self {
+        use std::io::Read;
+        let mut child = std::process::Command::new(crate::support::pyfcgi())
+            .arg("bench")
+            .arg("--connect")
+            .arg(format!("unix:{}", sock.display()))
+            .args(args)
+            .args(["--json", "/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let (tx, out) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let err = std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = se.read_to_string(&mut s);
+                s
+            });
+            let mut s = String::new();
+            let _ = so.read_to_string(&mut s);
+            let _ = tx.send((s, err.join().unwrap_or_default()));
+        });
+        Self { child, out }
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The JSON report and bench's stderr, once it ends (killed after `limit`).
+    fn finish(mut self, limit: Duration) -> (String, String) {
+        let status = crate::support::wait_timeout(&mut self.child, limit);
+        let (json, err) = self
+            .out
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default();
+        assert!(status.is_some(), "bench did not finish: {err}");
+        (json, err)
+    }
+}
+
+/// The integer value of `"key":N` in bench's one-line JSON report.
+fn report_u64(json: &str, key: &str) -> u64 {
+    let needle = format!("\"{key}\":");
+    json.find(&needle)
+        .map(|at| {
+            json[at + needle.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in the report: {json:?}"))
+}
+
+#[test]
+fn two_rolling_restarts_under_bench_on_kept_connections_fail_no_request() {
+    let s = Supervised::start(&["--workers", "2"]);
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(30)),
+        "{}",
+        s.server.log()
+    );
+    let mut bench = BenchRun::start(&s.sock, &["-c", "8", "-d", "15"]);
+    assert!(
+        s.wait_requests(200, Duration::from_secs(20)),
+        "bench is not running: {}",
+        s.server.log()
+    );
+    for round in 1..=2 {
+        kill(s.server.pid(), libc::SIGHUP);
+        // Both workers replaced: two new ones ready, two old ones gone.
+        assert!(
+            s.wait_count("worker ready", 2 + 2 * round, Duration::from_secs(60))
+                && s.wait_count("worker exited", 2 * round, Duration::from_secs(60)),
+            "rolling restart {round} did not finish: {}",
+            s.server.log()
+        );
+        let before = s.answered_by().len();
+        assert!(
+            s.wait_requests(before + 200, Duration::from_secs(20)),
+            "no requests after restart {round}: {}",
+            s.server.log()
+        );
+    }
+    assert!(
+        bench.running(),
+        "bench ended before the second restart did: raise its -d"
+    );
+    let (json, err) = bench.finish(Duration::from_secs(60));
+    let failed = report_u64(&json, "error_total");
+    let ok = report_u64(&json, "ok");
+    eprintln!("two rolling restarts under bench: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0, "{json}\n{err}\n{}", s.server.log());
+    assert!(ok > 600, "{json}");
+    let answered: BTreeSet<u32> = s.answered_by().into_iter().collect();
+    let (first, last) = (s.pids_of(1..=2), s.pids_of(5..=6));
+    assert!(
+        !answered.is_disjoint(&first) && !answered.is_disjoint(&last),
+        "an old and a new worker should have answered: {answered:?}, first {first:?}, last {last:?}"
+    );
+    assert!(
+        s.server.log().contains("kept connections handed over"),
+        "no connection was handed over: {}",
+        s.server.log()
+    );
+}
+
+#[test]
+fn max_requests_recycling_under_bench_on_kept_connections_fails_no_request() {
+    let s = Supervised::start(&["--workers", "2", "--max-requests", "150"]);
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(30)),
+        "{}",
+        s.server.log()
+    );
+    // 1500 requests over workers that each serve 150: about ten recycles.
+    let bench = BenchRun::start(&s.sock, &["-c", "8", "-n", "1500"]);
+    let (json, err) = bench.finish(Duration::from_secs(120));
+    let failed = report_u64(&json, "error_total");
+    let ok = report_u64(&json, "ok");
+    let recycled = s.server.log().matches("worker exited with code 0").count();
+    eprintln!(
+        "--max-requests 150 under bench: {ok} ok, {failed} failed, {recycled} workers recycled"
+    );
+    assert_eq!(failed, 0, "{json}\n{err}\n{}", s.server.log());
+    assert_eq!(ok, 1500, "{json}");
+    assert!(recycled >= 4, "workers did not recycle: {}", s.server.log());
+    let answered: BTreeSet<u32> = s.answered_by().into_iter().collect();
+    assert!(answered.len() >= 5, "{answered:?}");
+}
+
+#[test]
+fn two_rolling_restarts_behind_nginx_that_does_not_retry_fail_no_request() {
+    // `fastcgi_next_upstream off`: nginx does not retry a request whose kept upstream
+    // connection closed under it (its default hides such a close), as Apache and lighttpd do not.
+    let s = Stack::start_with(&["--workers", "2"], &[], "fastcgi_next_upstream off;");
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(30)),
+        "{}",
+        s.logs()
+    );
+    let load = Load::start(s.nginx.port, 6, "/");
+    let first = get(s.nginx.port, "/").unwrap();
+    for round in 1..=2 {
+        kill(s.server.pid(), libc::SIGHUP);
+        assert!(
+            s.wait_count("worker ready", 2 + 2 * round, Duration::from_secs(60))
+                && s.wait_count("worker exited", 2 * round, Duration::from_secs(60)),
+            "rolling restart {round} did not finish: {}",
+            s.logs()
+        );
+    }
+    // The load goes on against the new workers only.
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut last = first;
+    while last == first && Instant::now() < end {
+        last = get(s.nginx.port, "/").unwrap_or(first);
+    }
+    let (ok, failed) = load.finish();
+    eprintln!(
+        "two rolling restarts behind nginx: {} ok, {} failed",
+        ok.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failed requests: {:?}\n{}",
+        failed.len(),
+        &failed[..failed.len().min(5)],
+        s.logs()
+    );
+    assert_ne!(last, first, "a new worker never answered: {}", s.logs());
+    assert!(pids(&ok).contains(&first), "{:?}", pids(&ok));
+    assert!(ok.len() > 100, "only {} requests", ok.len());
+}
+
+#[test]
+fn worker_lifetime_replacements_under_bench_on_kept_connections_fail_no_request() {
+    // --worker-lifetime (like --max-rss) replaces a worker the way a rolling restart does.
+    let s = Supervised::start(&["--workers", "2", "--worker-lifetime", "1"]);
+    assert!(
+        s.wait_count("worker ready", 2, Duration::from_secs(30)),
+        "{}",
+        s.server.log()
+    );
+    let mut bench = BenchRun::start(&s.sock, &["-c", "8", "-d", "10"]);
+    assert!(
+        s.wait_count("--worker-lifetime reached", 2, Duration::from_secs(30))
+            && s.wait_count("worker exited", 2, Duration::from_secs(30)),
+        "no worker was replaced: {}",
+        s.server.log()
+    );
+    assert!(
+        bench.running(),
+        "bench ended before the replacements did: raise its -d"
+    );
+    let (json, err) = bench.finish(Duration::from_secs(60));
+    let failed = report_u64(&json, "error_total");
+    let ok = report_u64(&json, "ok");
+    eprintln!("--worker-lifetime under bench: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0, "{json}\n{err}\n{}", s.server.log());
+    assert!(ok > 300, "{json}");
+}
+
+#[test]
+fn a_single_worker_recycled_by_max_requests_has_its_kept_connections_held_until_the_next_is_ready()
+{
+    // With one worker there is nobody to take them at once: the supervisor holds them.
+    let s = Supervised::start(&["--workers", "1", "--max-requests", "200"]);
+    assert!(
+        s.wait_count("worker ready", 1, Duration::from_secs(30)),
+        "{}",
+        s.server.log()
+    );
+    let bench = BenchRun::start(&s.sock, &["-c", "8", "-n", "800"]);
+    let (json, err) = bench.finish(Duration::from_secs(120));
+    let failed = report_u64(&json, "error_total");
+    let ok = report_u64(&json, "ok");
+    eprintln!("one worker, --max-requests 200 under bench: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0, "{json}\n{err}\n{}", s.server.log());
+    assert_eq!(ok, 800, "{json}");
+    assert!(
+        s.wait_count("worker exited with code 0", 2, Duration::from_secs(20)),
+        "the worker was not recycled: {}",
+        s.server.log()
+    );
+    let log = s.server.log();
+    assert!(log.contains("holding it until one is ready"), "{log}");
 }

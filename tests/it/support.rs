@@ -138,6 +138,20 @@ impl Drop for Server {
     }
 }
 
+/// The "serving" event of `--log-format json`.
+fn is_json_serving_line(line: &str) -> bool {
+    json_serving_listen(line).is_some()
+}
+
+/// The `listen` of a JSON "serving" event.
+fn json_serving_listen(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    if v["message"] != "serving" {
+        return None;
+    }
+    v["listen"].as_str().map(str::to_owned)
+}
+
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -433,7 +447,7 @@ impl Server {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("serving listen=")
+                if (line.contains("serving listen=") || is_json_serving_line(&line))
                     && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(line.clone());
@@ -449,6 +463,8 @@ impl Server {
             panic!("pyfcgi did not start: {}", log.lock().unwrap());
         };
         let line = strip_ansi(&line);
+        // `--log-format json`: the same event as an object.
+        let line = json_serving_listen(&line).map_or(line, |listen| format!("listen={listen}"));
         let addr = line
             .split("listen=")
             .nth(1)

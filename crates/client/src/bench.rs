@@ -15,6 +15,7 @@
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -164,6 +165,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     pub json: bool,
 
+    /// Write every measured request's start time, latency and result to this CSV file.
+    pub latency_out: Option<PathBuf>,
+
     /// The request target.
     pub url: String,
 
@@ -196,6 +200,7 @@ impl Default for BenchArgs {
             expect_status: 200,
             expect_body: None,
             json: false,
+            latency_out: None,
             url: "/".to_owned(),
             command: Vec::new(),
         }
@@ -259,6 +264,17 @@ fn note(text: &str) {
 /// errors).
 pub async fn run(args: BenchArgs) -> Result<Report, ClientError> {
     let plan = Plan::from_args(&args)?;
+    // Created before the run, so a path that cannot be written fails now, not after it.
+    let latency_out = match &args.latency_out {
+        Some(path) => Some((
+            path.clone(),
+            std::fs::File::create(path).map_err(|source| ClientError::WriteLatency {
+                path: path.clone(),
+                source,
+            })?,
+        )),
+        None => None,
+    };
     let request = build_request_from(&RequestShape {
         method: args.method.as_deref(),
         url: &args.url,
@@ -320,7 +336,8 @@ pub async fn run(args: BenchArgs) -> Result<Report, ClientError> {
         let (back, _) = run_phase(&ctx, phase, slots, plan.loops, "warm-up").await;
         slots = back;
     }
-    let phase = Phase::new(plan.stop, plan.interval_ns);
+    let mut phase = Phase::new(plan.stop, plan.interval_ns);
+    phase.samples = latency_out.is_some();
     let started = phase.start;
     let (slots, mut stats) = run_phase(&ctx, phase, slots, plan.loops, "bench").await;
     let elapsed = started.elapsed();
@@ -332,6 +349,11 @@ pub async fn run(args: BenchArgs) -> Result<Report, ClientError> {
         .map(|p| p.slots.into_inner().unwrap_or_else(PoisonError::into_inner))
         .unwrap_or_default();
     close_slots(slots.into_iter().chain(pooled)).await;
+
+    if let Some((path, file)) = latency_out {
+        let samples = std::mem::take(&mut stats.samples);
+        write_latencies(&path, file, samples)?;
+    }
 
     Ok(Report {
         target,
@@ -562,6 +584,8 @@ pub(crate) struct Phase {
     /// Finished and failed requests, for the progress line only.
     pub(crate) done: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// Keep every request's [`Sample`] (`--latency-out`, measurement phase only).
+    samples: bool,
 }
 
 impl Phase {
@@ -573,6 +597,7 @@ impl Phase {
             tickets: AtomicU64::new(0),
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            samples: false,
         }
     }
 
@@ -653,6 +678,18 @@ pub struct Stats {
     /// Nanoseconds, 3 significant digits.
     latency: Histogram<u64>,
     first_error: Option<String>,
+    /// Every measured request, with `--latency-out` (empty otherwise).
+    samples: Vec<Sample>,
+}
+
+/// One request as `--latency-out` writes it.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// When it was due (sent, in a closed loop), from the start of the measurement.
+    start: Duration,
+    latency: Duration,
+    /// `None`: it succeeded.
+    failed: Option<ErrorKind>,
 }
 
 impl Stats {
@@ -666,6 +703,7 @@ impl Stats {
             latency: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
                 .expect("constant histogram bounds are valid"),
             first_error: None,
+            samples: Vec::new(),
         }
     }
 
@@ -695,6 +733,7 @@ impl Stats {
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
+        self.samples.extend(other.samples);
     }
 
     /// Failed requests of every kind.
@@ -1077,6 +1116,7 @@ pub(crate) fn record(
     latency: Duration,
     result: Result<(), (ErrorKind, String)>,
 ) -> Option<ErrorKind> {
+    let sent = phase.samples.then(|| Instant::now().checked_sub(latency));
     let failed = match result {
         Ok(()) => {
             stats.ok += 1;
@@ -1098,7 +1138,42 @@ pub(crate) fn record(
     if ctx.progress {
         phase.done.fetch_add(1, Ordering::Relaxed);
     }
+    if let Some(sent) = sent {
+        stats.samples.push(Sample {
+            start: sent.map_or(Duration::ZERO, |t| t.saturating_duration_since(phase.start)),
+            latency,
+            failed,
+        });
+    }
     failed
+}
+
+/// `--latency-out`: one line per measured request, in the order they were due:
+/// `start_s,latency_us,result` (`ok` or the kind of failure).
+fn write_latencies(
+    path: &Path,
+    file: std::fs::File,
+    mut samples: Vec<Sample>,
+) -> Result<(), ClientError> {
+    samples.sort_unstable_by_key(|s| s.start);
+    let mut out = std::io::BufWriter::new(file);
+    let written = writeln!(out, "start_s,latency_us,result")
+        .and_then(|()| {
+            samples.iter().try_for_each(|s| {
+                writeln!(
+                    out,
+                    "{:.6},{:.1},{}",
+                    s.start.as_secs_f64(),
+                    s.latency.as_secs_f64() * 1e6,
+                    s.failed.map_or("ok", ErrorKind::name)
+                )
+            })
+        })
+        .and_then(|()| out.flush());
+    written.map_err(|source| ClientError::WriteLatency {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Sends the request once on `slot`; with `check`, compares the response with the gate.

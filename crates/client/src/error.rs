@@ -34,6 +34,15 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    /// `pyfcgi bench --latency-out` cannot write its file.
+    #[error("cannot write the latency file {}", path.display())]
+    WriteLatency {
+        /// The file given.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
     /// The request cannot be built or encoded.
     #[error("invalid request: {0}")]
     InvalidRequest(String),

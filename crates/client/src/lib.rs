@@ -11,7 +11,8 @@
 //! * [`Spawned`]: starts a responder the way a web server does: on Windows exactly as IIS does
 //!   (its named pipe, or a listening socket, on stdin); on Unix with a connected socket pair
 //!   (IIS emulation) or a listening socket (FastCGI spec §2.2).
-//! * [`cli`]: the `pyfcgi request` command; [`bench`]: the `pyfcgi bench` load generator.
+//! * [`cli`]: the `pyfcgi request` command; [`bench`]: the `pyfcgi bench` load generator;
+//!   [`top`]: `pyfcgi top`, a live view of a server's status endpoint.
 //!
 //! ```
 //! # async fn demo() -> Result<(), pyfcgi_client::ClientError> {
@@ -38,6 +39,7 @@ mod fake_responder;
 mod request;
 mod response;
 mod spawn;
+pub mod top;
 
 pub use address::{Address, Stream};
 pub use connection::{Connection, End, Output};

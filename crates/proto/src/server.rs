@@ -180,6 +180,29 @@ impl ServerConnection {
         self.active.len()
     }
 
+    /// True between requests: none is active (begun and not yet [finished](Self::finish))
+    /// and no answer waits in [`Self::take_output`]. What the caller's buffer still holds
+    /// after [`Self::decode`] returned `Ok(None)` is then less than one record that belongs
+    /// to no request yet, so the connection can be carried on by another
+    /// `ServerConnection`, given those bytes first (a retiring worker hands kept connections
+    /// over at such a point).
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use pyfcgi_proto::{Role, encode};
+    /// use pyfcgi_proto::server::{Limits, ServerConnection};
+    ///
+    /// let mut conn = ServerConnection::new(Limits::default());
+    /// let mut buf = BytesMut::new();
+    /// encode::begin_request(&mut buf, 1, Role::Responder, true);
+    /// buf.truncate(5); // half a record
+    /// assert_eq!(conn.decode(&mut buf).unwrap(), None);
+    /// assert!(conn.at_request_boundary());
+    /// ```
+    pub fn at_request_boundary(&self) -> bool {
+        self.active.is_empty() && self.output.is_empty()
+    }
+
     fn phase_mut(&mut self, id: u16) -> Option<&mut Phase> {
         self.active
             .iter_mut()
@@ -665,6 +688,44 @@ mod tests {
         encode::abort_request(&mut buf, 4);
         let ev = all_events(&mut conn, &mut buf).unwrap();
         assert_eq!(ev[1], Event::Abort { id: 4 });
+    }
+
+    #[test]
+    fn request_boundaries_are_between_requests_only() {
+        let mut conn = ServerConnection::new(Limits::default());
+        assert!(conn.at_request_boundary(), "a new connection");
+        let wire = request(1, true, &[("A", "b")], b"body");
+        // At every split of one request, the boundary is only before BEGIN is whole.
+        let begin_len = 16;
+        for split in 0..wire.len() {
+            let mut conn = ServerConnection::new(Limits::default());
+            let mut buf = BytesMut::from(&wire[..split]);
+            all_events(&mut conn, &mut buf).unwrap();
+            assert_eq!(
+                conn.at_request_boundary(),
+                split < begin_len,
+                "split at {split}"
+            );
+            if conn.at_request_boundary() {
+                // The leftover is what another connection state starts from.
+                assert_eq!(&buf[..], &wire[..split]);
+            }
+        }
+        // Finished: a boundary again, with the next request's first bytes left over.
+        let mut buf = wire.clone();
+        buf.extend_from_slice(&request(1, true, &[], b"")[..3]);
+        all_events(&mut conn, &mut buf).unwrap();
+        assert!(!conn.at_request_boundary(), "the request is still active");
+        conn.finish(1);
+        assert!(conn.at_request_boundary());
+        assert_eq!(buf.len(), 3);
+        // A management answer not yet taken is not a boundary.
+        let mut buf = BytesMut::new();
+        encode::get_values(&mut buf, &["FCGI_MPXS_CONNS"]).unwrap();
+        all_events(&mut conn, &mut buf).unwrap();
+        assert!(!conn.at_request_boundary());
+        conn.take_output();
+        assert!(conn.at_request_boundary());
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct ConnConfig {
     pub observer: Option<Arc<dyn crate::observe::Observer>>,
     /// `--trusted-proxy`: whose `X-Forwarded-*` headers are applied to the params.
     pub trusted_proxies: Option<Arc<crate::proxy::TrustedProxies>>,
+    /// Under a supervisor: once this worker is retiring, kept connections are handed back
+    /// at their next request boundary instead of closing ([`crate::handoff`]).
+    #[cfg(unix)]
+    pub handover: Option<Arc<crate::handoff::Handover>>,
 }
 
 impl Default for ConnConfig {
@@ -74,6 +78,8 @@ impl Default for ConnConfig {
             align_records: false,
             observer: None,
             trusted_proxies: None,
+            #[cfg(unix)]
+            handover: None,
         }
     }
 }
@@ -102,6 +108,23 @@ pub async fn serve_connection<S, H>(
     S: DirectStream,
     H: Handler,
 {
+    serve_connection_from(stream, handler, config, shutdown, peer, BytesMut::new()).await;
+}
+
+/// [`serve_connection`] for a connection another process has already read from (a kept
+/// connection handed over by a retiring worker): `start` is what it read that was not yet
+/// part of a request, decoded before anything is read from the socket.
+pub async fn serve_connection_from<S, H>(
+    stream: S,
+    handler: Arc<H>,
+    config: Arc<ConnConfig>,
+    shutdown: CancellationToken,
+    peer: &str,
+    start: BytesMut,
+) where
+    S: DirectStream,
+    H: Handler,
+{
     let stream = Arc::new(stream);
     let sink: Arc<dyn TryWrite> = Arc::clone(&stream) as Arc<dyn TryWrite>;
     let out = Out::new(Some(sink), config.response_buffer, config.align_records);
@@ -114,6 +137,7 @@ pub async fn serve_connection<S, H>(
         shutdown,
         peer,
         None,
+        start,
     )
     .await;
 }
@@ -143,6 +167,7 @@ pub async fn serve_stream<IO, H>(
         shutdown,
         peer,
         client.as_ref(),
+        BytesMut::new(),
     )
     .await;
 }
@@ -157,6 +182,7 @@ async fn run<R: ReadSource, W: WriteSink, H: Handler>(
     shutdown: CancellationToken,
     peer: &str,
     client: Option<&crate::impersonate::PipeClient>,
+    start: BytesMut,
 ) {
     debug!(peer, "connection accepted");
     let closed = CancellationToken::new();
@@ -169,6 +195,7 @@ async fn run<R: ReadSource, W: WriteSink, H: Handler>(
         shutdown,
         peer,
         client,
+        start,
     );
     let writer = async {
         if let Err(e) = out::write_loop(wr, &out).await {
@@ -190,6 +217,12 @@ trait ReadSource {
     fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
     /// Reads what is already there without waiting (`None`: nothing, or an error).
     fn read_now(&mut self, buf: &mut BytesMut) -> Option<usize>;
+    /// A duplicate of the socket's descriptor, to hand the connection over; `None` when
+    /// this transport cannot be passed to another process.
+    #[cfg(unix)]
+    fn try_clone_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
 }
 
 struct SharedSource<S>(Arc<S>);
@@ -217,6 +250,11 @@ impl<S: DirectStream> ReadSource for SharedSource<S> {
 
     fn read_now(&mut self, buf: &mut BytesMut) -> Option<usize> {
         self.0.try_read_buf(buf).ok()
+    }
+
+    #[cfg(unix)]
+    fn try_clone_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        self.0.try_clone_fd().ok()
     }
 }
 
@@ -249,10 +287,16 @@ async fn read_loop<R: ReadSource, H: Handler>(
     shutdown: CancellationToken,
     peer: &str,
     client: Option<&crate::impersonate::PipeClient>,
+    start: BytesMut,
 ) {
     let mut conn = ServerConnection::new(config.limits.clone());
     let mut active: HashMap<u16, Active> = HashMap::new();
-    let mut buf = BytesMut::with_capacity(config.read_buffer);
+    // Bytes a retiring worker read before handing this connection over come first.
+    let mut unprocessed = !start.is_empty();
+    let mut buf = start;
+    buf.reserve(config.read_buffer);
+    #[cfg(unix)]
+    let mut handover = config.handover.as_deref();
     let mut freed = Vec::new();
     let mut shutdown_seen = false;
     // The linger is for a request already on its way when the signal came: once per
@@ -274,11 +318,31 @@ async fn read_loop<R: ReadSource, H: Handler>(
     let mut peer_gone = false;
     loop {
         release_freed(out, &mut freed, &mut conn, &mut active);
+        #[cfg(unix)]
+        if shutdown_seen
+            && let Some(h) = handover.filter(|h| h.is_retiring())
+            && conn.at_request_boundary()
+            && !out.will_close()
+        {
+            // Retiring: a kept connection goes to another worker rather than closing under
+            // a request the web server may already have sent.
+            match hand_over(&rd, out, &buf, h, peer).await {
+                HandOver::Done => {
+                    // Let go of the socket without shutting it down: it lives on elsewhere.
+                    out.close();
+                    return;
+                }
+                HandOver::Closed => break,
+                HandOver::Failed => handover = None,
+            }
+        }
         if buf.capacity() - buf.len() < 8 * 1024 {
             buf.reserve(config.read_buffer);
         }
         let idle_now = active.is_empty() && buf.is_empty();
-        let read = if shutdown_seen && idle_now {
+        let read = if std::mem::take(&mut unprocessed) {
+            Ok(buf.len())
+        } else if shutdown_seen && idle_now {
             // A request may already sit unread in the socket: serve it rather than drop it;
             // otherwise close now.
             // Bytes written just before the signal may not have reached the reactor yet
@@ -436,6 +500,49 @@ async fn read_loop<R: ReadSource, H: Handler>(
     if !closed.is_cancelled() {
         // Let the writer flush what is queued, then close.
         out.close_when_flushed();
+    }
+}
+
+#[cfg(unix)]
+enum HandOver {
+    /// The supervisor has the connection.
+    Done,
+    /// The connection closed meanwhile.
+    Closed,
+    /// It could not be handed over: close it as without a supervisor.
+    Failed,
+}
+
+/// Hands a connection at a request boundary to the supervisor: once every response byte has
+/// reached the socket, a duplicate of its descriptor goes with `buf` (bytes read but not yet
+/// a whole record). Anything the web server sends meanwhile waits in the socket for the next
+/// worker.
+#[cfg(unix)]
+async fn hand_over<R: ReadSource>(
+    rd: &R,
+    out: &Out,
+    buf: &BytesMut,
+    handover: &crate::handoff::Handover,
+    peer: &str,
+) -> HandOver {
+    if !out.flushed().await {
+        return HandOver::Closed;
+    }
+    let Some(fd) = rd.try_clone_fd() else {
+        return HandOver::Failed;
+    };
+    if handover
+        .give(fd, bytes::Bytes::copy_from_slice(buf), peer)
+        .await
+    {
+        debug!(
+            peer,
+            leftover = buf.len(),
+            "kept connection handed over at a request boundary"
+        );
+        HandOver::Done
+    } else {
+        HandOver::Failed
     }
 }
 

@@ -10,6 +10,8 @@
 //!   already-connected stream inherited on standard input, IIS's named pipe on Windows.
 //! * [`process`]: the rest of being started by IIS: standard handles, the shutdown event.
 //! * [`serve`](mod@serve): the accept loop, connection limits and graceful shutdown.
+//! * `handoff` (Unix): a retiring worker's kept connections passed to the supervisor (and on
+//!   to a live worker) instead of being closed.
 //! * [`builtin`]: the built-in `hello`, `echo` and `env` handlers.
 //! * [`sched`]: the I/O thread does not preempt the app's threads on the core they share.
 //!
@@ -20,6 +22,8 @@ pub mod builtin;
 pub mod conn;
 mod error;
 pub mod handler;
+#[cfg(unix)]
+pub mod handoff;
 pub mod impersonate;
 pub mod observe;
 mod out;

@@ -90,7 +90,7 @@ fn splitmix64(mut z: u64) -> u64 {
 }
 
 /// How one request ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Finished {
     /// This process's request number ([`crate::Request::seq`]); shown as
     /// [`Finished::request_id`].
@@ -106,10 +106,16 @@ pub struct Finished {
     pub status: u16,
     /// Response bytes, head included.
     pub bytes: u64,
+    /// Response body bytes (after the CGI head), what Apache's `%b` and nginx's
+    /// `$body_bytes_sent` count. All of `bytes` when no head was found in the first 16 KiB.
+    pub body_bytes: u64,
     /// From the complete params to the end of the response.
     pub duration: Duration,
     /// The FastCGI application status: 0 when the response was completed normally.
     pub app_status: u32,
+    /// The request's params (its CGI variables and headers), kept only for an observer that
+    /// asks for them ([`Observer::wants_params`]).
+    pub params: Option<Params>,
 }
 
 impl Finished {
@@ -125,6 +131,11 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
     fn started(&self, seq: u64, params: &Params);
     /// The response ended (or the handler dropped it).
     fn finished(&self, done: &Finished);
+    /// True when [`Finished::params`] should carry the request's params (an access log
+    /// writing headers); they are kept until the request ends.
+    fn wants_params(&self) -> bool {
+        false
+    }
 }
 
 /// Per-request bookkeeping inside the response writer.
@@ -135,6 +146,8 @@ pub(crate) struct Track {
     /// The start of the response, until the head is complete.
     head: Vec<u8>,
     head_done: bool,
+    /// The head's length, once known.
+    head_len: u64,
 }
 
 /// The head is looked for in this many bytes at most.
@@ -156,7 +169,6 @@ impl Track {
             u
         };
         Box::new(Self {
-            observer,
             done: Finished {
                 seq,
                 method: get("REQUEST_METHOD"),
@@ -164,12 +176,16 @@ impl Track {
                 remote: get("REMOTE_ADDR"),
                 status: 0,
                 bytes: 0,
+                body_bytes: 0,
                 duration: Duration::ZERO,
                 app_status: 0,
+                params: observer.wants_params().then(|| params.clone()),
             },
+            observer,
             started: Instant::now(),
             head: Vec::new(),
             head_done: false,
+            head_len: 0,
         })
     }
 
@@ -181,8 +197,9 @@ impl Track {
         }
         let room = HEAD_SCAN.saturating_sub(self.head.len());
         self.head.extend_from_slice(&data[..data.len().min(room)]);
-        if let Some(status) = head_status(&self.head) {
+        if let Some((status, len)) = head_status(&self.head) {
             self.done.status = status;
+            self.head_len = len as u64;
             self.head_done = true;
             self.head = Vec::new();
         } else if self.head.len() >= HEAD_SCAN {
@@ -195,16 +212,23 @@ impl Track {
     pub(crate) fn end(mut self: Box<Self>, app_status: u32) {
         self.done.duration = self.started.elapsed();
         self.done.app_status = app_status;
+        self.done.body_bytes = self.done.bytes.saturating_sub(self.head_len);
         self.observer.finished(&self.done);
     }
 }
 
-/// The status of a complete CGI head (`None` while the head is incomplete).
-fn head_status(buf: &[u8]) -> Option<u16> {
-    let end = buf
+/// The status of a complete CGI head and the head's length with its blank line (`None`
+/// while the head is incomplete).
+fn head_status(buf: &[u8]) -> Option<(u16, usize)> {
+    let (end, len) = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"))?;
+        .map(|p| (p, p + 4))
+        .or_else(|| {
+            buf.windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|p| (p, p + 2))
+        })?;
     let head = String::from_utf8_lossy(&buf[..end]);
     let mut location = false;
     for line in head.lines() {
@@ -212,17 +236,16 @@ fn head_status(buf: &[u8]) -> Option<u16> {
             continue;
         };
         if name.trim().eq_ignore_ascii_case("status") {
-            return Some(
-                value
-                    .split_whitespace()
-                    .next()
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0),
-            );
+            let code = value
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            return Some((code, len));
         }
         location |= name.trim().eq_ignore_ascii_case("location");
     }
-    Some(if location { 302 } else { 200 })
+    Some((if location { 302 } else { 200 }, len))
 }
 
 #[cfg(test)]
@@ -268,11 +291,14 @@ mod tests {
     fn the_status_comes_from_the_cgi_head() {
         assert_eq!(
             head_status(b"Status: 404 Not Found\r\nX: y\r\n\r\nbody"),
-            Some(404)
+            Some((404, 31))
         );
-        assert_eq!(head_status(b"Content-Type: text/plain\r\n\r\n"), Some(200));
-        assert_eq!(head_status(b"Location: /x\r\n\r\n"), Some(302));
-        assert_eq!(head_status(b"status: 201 Created\n\n"), Some(201));
+        assert_eq!(
+            head_status(b"Content-Type: text/plain\r\n\r\n"),
+            Some((200, 28))
+        );
+        assert_eq!(head_status(b"Location: /x\r\n\r\n"), Some((302, 16)));
+        assert_eq!(head_status(b"status: 201 Created\n\n"), Some((201, 21)));
         assert_eq!(
             head_status(b"Status: 500 Internal"),
             None,

@@ -41,6 +41,11 @@ pub trait DirectStream: Send + Sync + 'static {
     fn clear_read_ready(&self);
     /// Sends FIN (the application closes the connection, spec §5.1).
     fn shutdown_write(&self);
+    /// A duplicate of the socket's descriptor, to hand the connection to another process.
+    #[cfg(unix)]
+    fn try_clone_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 macro_rules! direct_stream {
@@ -67,6 +72,10 @@ macro_rules! direct_stream {
             }
             fn shutdown_write(&self) {
                 let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write);
+            }
+            #[cfg(unix)]
+            fn try_clone_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+                std::os::fd::AsFd::as_fd(self).try_clone_to_owned()
             }
         }
     };
@@ -235,6 +244,35 @@ impl Out {
             notified.as_mut().enable();
             if !self.is_full() {
                 return;
+            }
+            notified.await;
+        }
+    }
+
+    /// True when the connection is closed or closes once flushed (a request without
+    /// `FCGI_KEEP_CONN` ended).
+    #[cfg(unix)]
+    pub(crate) fn will_close(&self) -> bool {
+        let st = self.lock();
+        st.closed || st.close_after
+    }
+
+    /// Waits until every queued byte has been written to the socket; false when the
+    /// connection closed first.
+    #[cfg(unix)]
+    pub(crate) async fn flushed(&self) -> bool {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.lock();
+                if st.closed {
+                    return false;
+                }
+                if st.pending.is_empty() && !st.busy {
+                    return true;
+                }
             }
             notified.await;
         }

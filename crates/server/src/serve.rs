@@ -68,6 +68,15 @@ pub async fn serve<H: Handler>(
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_conns.max(1)));
     let connected = listener.is_connected_stream();
+    // Kept connections other workers handed over, through the supervisor.
+    #[cfg(unix)]
+    let mut handed = config
+        .conn
+        .handover
+        .clone()
+        .map(|h| read_handoffs(h, shutdown.clone()));
+    #[cfg(not(unix))]
+    let mut handed: Option<std::convert::Infallible> = None;
     info!(listen = %listener.describe(), max_conns = config.max_conns, "serving");
     let mut outcome = None;
     // Logged once each time the limit is reached, not once per waiting connection.
@@ -94,6 +103,18 @@ pub async fn serve<H: Handler>(
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             a = listener.accept() => a,
+            h = next_handed(&mut handed) => {
+                #[cfg(unix)]
+                match h {
+                    Some((fd, leftover)) => {
+                        serve_handed(&tracker, fd, &leftover, &handler, &conn_config, &shutdown, Some(permit));
+                    }
+                    None => handed = None,
+                }
+                #[cfg(not(unix))]
+                let _: Option<std::convert::Infallible> = h;
+                continue;
+            }
         };
         let accepted = match accepted {
             Ok(Some(a)) => a,
@@ -133,6 +154,23 @@ pub async fn serve<H: Handler>(
         return Ok(o);
     }
     drop(listener);
+    #[cfg(unix)]
+    if let Some(rx) = handed.as_mut() {
+        // Connections the supervisor sent before this worker stopped are served (or handed
+        // back) like the others, not dropped.
+        while let Ok((fd, leftover)) = rx.try_recv() {
+            let permit = Arc::clone(&permits).try_acquire_owned().ok();
+            serve_handed(
+                &tracker,
+                fd,
+                &leftover,
+                &handler,
+                &conn_config,
+                &shutdown,
+                permit,
+            );
+        }
+    }
     tracker.close();
     let in_flight = tracker.len();
     if in_flight > 0 {
@@ -145,6 +183,10 @@ pub async fn serve<H: Handler>(
     let drained = tokio::time::timeout(config.graceful_timeout, tracker.wait())
         .await
         .is_ok();
+    #[cfg(unix)]
+    if let Some(h) = &config.conn.handover {
+        h.report();
+    }
     if drained {
         debug!("all connections closed");
         Ok(if connected {
@@ -159,6 +201,99 @@ pub async fn serve<H: Handler>(
         );
         Ok(ServeOutcome::TimedOut)
     }
+}
+
+#[cfg(unix)]
+type Handed = (std::os::fd::OwnedFd, bytes::Bytes);
+
+/// Reads the supervisor's messages: connections go to the accept loop; `Retire` marks this
+/// worker retiring, then starts its graceful stop (even while the accept loop waits for a
+/// `--max-conns` slot).
+#[cfg(unix)]
+fn read_handoffs(
+    handover: Arc<crate::handoff::Handover>,
+    shutdown: CancellationToken,
+) -> tokio::sync::mpsc::UnboundedReceiver<Handed> {
+    use crate::handoff::Message;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match handover.channel().recv().await {
+                Ok(Some(Message::Connection { fd, leftover })) => {
+                    if tx.send((fd, leftover)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(Message::Retire)) => {
+                    info!(
+                        "retired by the supervisor: stopping gracefully; kept connections go to the other workers"
+                    );
+                    handover.retire();
+                    shutdown.cancel();
+                }
+                Ok(Some(Message::RetireRequest)) => {}
+                Ok(None) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    warn!(error = %e, "ignored a bad message from the supervisor");
+                }
+                Err(e) => {
+                    warn!(error = %e, "the supervisor's hand-over channel failed: kept connections will be closed when this worker stops");
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// The next connection handed over; `None` once the supervisor's channel is gone (never,
+/// without one).
+#[cfg(unix)]
+async fn next_handed(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Handed>>,
+) -> Option<Handed> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_handed(_: &mut Option<std::convert::Infallible>) -> Option<std::convert::Infallible> {
+    std::future::pending().await
+}
+
+/// Serves a kept connection another worker handed over, starting with the bytes it had read.
+#[cfg(unix)]
+fn serve_handed<H: Handler>(
+    tracker: &TaskTracker,
+    fd: std::os::fd::OwnedFd,
+    leftover: &[u8],
+    handler: &Arc<H>,
+    config: &Arc<ConnConfig>,
+    shutdown: &CancellationToken,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let accepted = match crate::transport::unix::adopt_stream(fd) {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "cannot serve a connection handed over by another worker");
+            return;
+        }
+    };
+    let (handler, cfg, stop) = (Arc::clone(handler), Arc::clone(config), shutdown.clone());
+    let start = bytes::BytesMut::from(leftover);
+    tracker.spawn(async move {
+        match accepted {
+            Accepted::Tcp(s, peer) => {
+                crate::conn::serve_connection_from(s, handler, cfg, stop, &peer, start).await;
+            }
+            Accepted::Unix(s, peer) => {
+                crate::conn::serve_connection_from(s, handler, cfg, stop, &peer, start).await;
+            }
+        }
+        drop(permit);
+    });
 }
 
 async fn wait_all(tracker: &TaskTracker) {

@@ -129,6 +129,7 @@ pub const NOT_SETTINGS: &[&str] = &[
     "PYFCGI_LOG",
     "PYFCGI_SUPERVISED",
     "PYFCGI_STATUS_FILE",
+    "PYFCGI_HANDOFF_FD",
     "PYFCGI_PYTHON_DLL",
     "PYFCGI_BIN",
     // Set by pyfcgi's build script; `cargo run`/`cargo test` pass them on.
@@ -400,7 +401,7 @@ pub static KEYS: &[Key] = &[
         "PYFCGI_ACCESS_LOG_FORMAT",
         "FORMAT",
         None,
-        "The access log line: {time} {remote} {method} {uri} {status} {bytes} {duration_ms} {duration_us} {request_id} {pid}.",
+        "The access log line: a preset (common, combined: Apache's and nginx's; json: one JSON object per line) or a line of placeholders: {time} {time_local} {remote} {remote_user} {method} {uri} {protocol} {host} {status} {bytes} {body_bytes} {duration_ms} {duration_us} {request_id} {pid} {worker} {referer} {user_agent} {header:NAME}. Checked at startup even without --access-log. Default: json with --log-format json, else `{time} {remote} \"{method} {uri}\" {status} {bytes} {duration_ms}ms id={request_id}`.",
     ),
     value(
         "socket-mode",
@@ -529,6 +530,13 @@ pub static KEYS: &[Key] = &[
         "PATH",
         None,
         "Write logs to this file instead of stderr (wfastcgi's WSGI_LOG). `{pid}` in the name is replaced by the process id, giving each IIS process its own file.",
+    ),
+    value(
+        "log-format",
+        "PYFCGI_LOG_FORMAT",
+        "FORMAT",
+        Some("text"),
+        "text, or json: one JSON object per line (time, level, target, message, request_id, worker and the event's fields), for log shippers. Also makes the access log JSON unless --access-log-format says otherwise. Colours only on a terminal, never with NO_COLOR set.",
     ),
     value(
         "log-level",

@@ -24,6 +24,7 @@ pub use origin::{Origin, SettingError, Unknown};
 use pyfcgi_server::Bind;
 use pyfcgi_server::builtin::Builtin;
 use pyfcgi_server::proxy::TrustedProxies;
+pub use pyfcgi_status::AccessFormat;
 pub use resolve::{Arg, Effective, Inputs, Resolution, WebConfigInput, resolve, resolve_from};
 
 /// `--interface`.
@@ -57,6 +58,16 @@ pub enum EventLoop {
     Asyncio,
     /// uvloop (an error when it is not installed).
     Uvloop,
+}
+
+/// `--log-format`: how the error log (and by default the access log) is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Lines for people: `TIME LEVEL target: message field=value`.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// The interpreter settings `serve` and `check` share.
@@ -112,7 +123,8 @@ pub struct Settings {
     pub request_timeout: Option<Duration>,
     pub status_path: Option<String>,
     pub access_log: Option<PathBuf>,
-    pub access_log_format: Option<String>,
+    /// As given; [`Settings::access_format`] applies the default.
+    pub access_log_format: Option<AccessFormat>,
     pub socket_mode: u32,
     pub socket_owner: Option<String>,
     pub socket_group: Option<String>,
@@ -134,12 +146,23 @@ pub struct Settings {
     pub log_keep: u32,
     pub log_file: Option<PathBuf>,
     pub log_level: String,
+    pub log_format: LogFormat,
 }
 
 impl Settings {
     /// The settings with nothing given (every default).
     pub fn defaults() -> Self {
         resolve_from(&Inputs::default(), None, None).settings
+    }
+
+    /// The access log's format: `--access-log-format` when given, else `json` with
+    /// `--log-format json` (one format for a log shipper to parse), else the default line.
+    pub fn access_format(&self) -> AccessFormat {
+        match (&self.access_log_format, self.log_format) {
+            (Some(f), _) => f.clone(),
+            (None, LogFormat::Json) => AccessFormat::json(),
+            (None, LogFormat::Text) => AccessFormat::default(),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use pyfcgi_iis::webconfig::{self, AppSettings};
 
 use crate::keys::{KEYS, Key, Kind, NOT_SETTINGS, NOT_SETTINGS_PREFIXES, WFASTCGI_ALIASES};
 use crate::origin::{Origin, SettingError, Unknown};
-use crate::{EventLoop, Interface, Lifespan, PythonSettings, Settings, value};
+use crate::{EventLoop, Interface, Lifespan, LogFormat, PythonSettings, Settings, value};
 
 /// One value from the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -730,7 +730,10 @@ fn build(p: &mut Picker, config: Option<PathBuf>) -> Settings {
             }
         }),
         access_log: p.get("access-log", path),
-        access_log_format: p.get("access-log-format", text),
+        access_log_format: p.get("access-log-format", |s| {
+            s.parse::<pyfcgi_status::AccessFormat>()
+                .map_err(|e| e.to_string())
+        }),
         socket_mode: p.req("socket-mode", mode),
         socket_owner: p.get("socket-owner", text),
         socket_group: p.get("socket-group", text),
@@ -803,6 +806,11 @@ fn build(p: &mut Picker, config: Option<PathBuf>) -> Settings {
             )
             .map(str::to_owned)
         }),
+        log_format: p
+            .get("log-format", |s| {
+                choice(s, &[("text", LogFormat::Text), ("json", LogFormat::Json)])
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -341,3 +341,54 @@ fn files_are_found_and_read_through_the_app_root() {
     );
     assert_eq!(r.errors[0].class(), "an unreadable web.config");
 }
+
+#[test]
+fn log_format_comes_from_every_source_and_sets_the_access_log_default() {
+    use crate::{AccessFormat, LogFormat};
+    assert_eq!(Settings::defaults().log_format, LogFormat::Text);
+    assert_eq!(
+        Settings::defaults().access_format(),
+        AccessFormat::default()
+    );
+    let env = Inputs {
+        env: vec![("PYFCGI_LOG_FORMAT".into(), "JSON".into())],
+        ..Inputs::default()
+    };
+    let s = resolve_from(&env, None, None).settings;
+    assert_eq!(s.log_format, LogFormat::Json);
+    assert!(s.access_format().is_json());
+    let r = resolve_from(
+        &Inputs::default(),
+        toml("access-log-format = \"combined\"\n"),
+        Some(web(
+            r#"<add key="PYFCGI_LOG_FORMAT" value="json"/>"#,
+            "C:\\site\\web.config",
+        )),
+    );
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.settings.log_format, LogFormat::Json);
+    // An explicit access-log format wins over the JSON default.
+    assert_eq!(r.settings.access_format(), AccessFormat::combined());
+}
+
+#[test]
+fn a_bad_log_or_access_log_format_names_its_source() {
+    let inputs = Inputs {
+        args: vec![arg("access-log-format", "{status} {nope}")],
+        env: vec![("PYFCGI_LOG_FORMAT".into(), "yaml".into())],
+        ..Inputs::default()
+    };
+    let r = resolve_from(&inputs, None, None);
+    let errors: Vec<String> = r.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.starts_with("--access-log-format = \"{status} {nope}\": expected common, combined, json, or a line of placeholders")
+            && e.contains("{nope} is not one")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e
+            == "environment variable PYFCGI_LOG_FORMAT = \"yaml\": expected one of text, json"),
+        "{errors:?}"
+    );
+}

@@ -3,13 +3,20 @@
 //! (`http`), and the access log. None of it touches Python.
 
 pub mod access_log;
+pub mod exposition;
 pub mod http;
 pub mod metrics;
+pub mod process;
 
-pub use access_log::{ACCESS_FIELDS, AccessLog, DEFAULT_ACCESS_FORMAT, Observers, check_format};
+pub use access_log::{
+    ACCESS_FIELDS, AccessFormat, AccessFormatError, AccessLog, COMBINED_FORMAT, COMMON_FORMAT,
+    DEFAULT_ACCESS_FORMAT, Observers,
+};
+pub use exposition::prometheus;
 pub use metrics::{
-    Metrics, STATUS_FILE_ENV, Source, StatusHandler, Totals, WorkerView, global, is_ready,
-    own_source, prometheus, render, rss_mib, set_queue_depth, set_ready, status, wants_prometheus,
+    BuildInfo, DURATION_BUCKETS_S, Metrics, STATUS_FILE_ENV, SlotHistory, Source, StatusHandler,
+    Totals, WorkerView, global, is_ready, own_source, render, rss_mib, set_build_info,
+    set_queue_depth, set_ready, status, wants_prometheus,
 };
 
 use std::path::PathBuf;
@@ -36,7 +43,4 @@ pub enum StatusError {
         #[source]
         source: std::io::Error,
     },
-    /// An unknown `{field}` in `--access-log-format`.
-    #[error("--access-log-format: unknown field {{{field}}}; the fields are {fields}")]
-    AccessLogFormat { field: String, fields: String },
 }

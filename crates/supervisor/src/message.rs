@@ -4,7 +4,9 @@
 
 use std::io::Write;
 
-/// Set in a worker's environment: serve as a worker (report readiness; never supervise).
+/// Set in a worker's environment: serve as a worker (report readiness; never supervise). Its
+/// value is the worker's id, the `worker=N` of the supervisor's lines about it, which the
+/// worker's own log lines carry too.
 pub const WORKER_ENV: &str = "PYFCGI_SUPERVISED";
 
 /// What starts a message line: ASCII record separator, then `pyfcgi `.
@@ -18,6 +20,9 @@ pub enum WorkerMessage {
     Ready,
     /// The worker's counters ([`pyfcgi_status::Metrics::snapshot`]).
     Stats { stats: serde_json::Value },
+    /// The worker cannot start (the app failed to load): the full diagnosis, which the
+    /// supervisor logs once however many workers fail the same way.
+    Failed { diagnosis: String },
 }
 
 impl WorkerMessage {
@@ -37,6 +42,22 @@ impl WorkerMessage {
 /// True in a process the supervisor started.
 pub fn is_worker() -> bool {
     std::env::var_os(WORKER_ENV).is_some()
+}
+
+/// This worker's id, given by the supervisor ([`WORKER_ENV`]); `None` outside a worker.
+pub fn worker_id() -> Option<u64> {
+    std::env::var(WORKER_ENV).ok()?.trim().parse().ok()
+}
+
+/// In a worker: hands a startup failure's diagnosis to the supervisor to log (once for all
+/// the workers that fail the same way). False when this is no worker or the supervisor
+/// cannot be told: then the caller logs it.
+pub fn report_failure(diagnosis: &str) -> bool {
+    is_worker()
+        && send(&WorkerMessage::Failed {
+            diagnosis: diagnosis.to_owned(),
+        })
+        .is_ok()
 }
 
 /// Sends `message` to the supervisor (nothing when this process is not a worker).
@@ -85,6 +106,9 @@ mod tests {
             WorkerMessage::Ready,
             WorkerMessage::Stats {
                 stats: serde_json::json!({"requests": 3, "latency_hist": "00ff"}),
+            },
+            WorkerMessage::Failed {
+                diagnosis: "Traceback:\n  boom\n".into(),
             },
         ] {
             let line = m.encode();

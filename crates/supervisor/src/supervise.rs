@@ -14,6 +14,12 @@
 //!   refused.
 //! - `--max-rss`, `--worker-lifetime`: a worker over the limit is replaced the same way.
 //!   `--max-requests-jitter` spreads the workers' `--max-requests`.
+//! - Kept connections survive all of these: each worker shares a socket pair with the
+//!   supervisor ([`pyfcgi_server::handoff`]). A retired worker (told so on the pair, not by
+//!   SIGTERM, which stays a plain stop) sends each `FCGI_KEEP_CONN` connection back at its
+//!   next request boundary, and the supervisor passes it to a ready worker that is staying
+//!   (or holds it until one is ready, up to `--graceful-timeout`). A worker that wants to
+//!   stop on its own (`--max-requests`) asks to be retired the same way.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -26,7 +32,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
+
+use pyfcgi_server::handoff::{Channel, HANDOFF_FD_ENV, Message};
 
 use crate::SupervisorError;
 use crate::message::{WORKER_ENV, WorkerMessage};
@@ -77,16 +85,27 @@ enum Event {
     Changed(std::path::PathBuf),
     /// A worker's counters (sent once a second).
     Stats(u64, serde_json::Value),
+    /// A worker could not start: its diagnosis.
+    Failed(u64, String),
+    /// A message on a worker's hand-over channel: a kept connection, or a request to retire.
+    Handoff(u64, Message),
 }
 
 struct Worker {
     pid: u32,
+    /// 0..N-1; a replacement takes the slot of the worker it replaces (the per-worker
+    /// metrics are labelled by slot, so recycling does not create new series).
+    slot: usize,
     started: Instant,
     ready: bool,
     /// Sent SIGTERM on purpose (rolling restart, a limit, shutdown): its exit is expected.
     retiring: bool,
     /// Its last stats line.
     stats: Option<serde_json::Value>,
+    /// The supervisor's end of its hand-over pair (`None` if the pair could not be made).
+    handoff: Option<Arc<Channel>>,
+    /// When it was retired on its pair (not by SIGTERM), until SIGTERM follows.
+    told_to_retire: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -110,8 +129,8 @@ struct Supervisor {
     startup_failures: u32,
     /// Crashes of ready workers in the last minute, for the backoff.
     recent_crashes: VecDeque<Instant>,
-    /// Workers to start once their backoff has passed.
-    pending_starts: Vec<Instant>,
+    /// Workers to start once their backoff has passed, and their slots.
+    pending_starts: Vec<(Instant, usize)>,
     stopping: Stopping,
     last_failure: String,
     seed: u64,
@@ -124,11 +143,20 @@ struct Supervisor {
     status_doc: Option<Arc<Mutex<serde_json::Value>>>,
     /// The counters of workers that have exited, so the totals never go down.
     departed: pyfcgi_status::Totals,
+    /// Per slot: restarts and the requests of its exited workers.
+    slots: Vec<pyfcgi_status::SlotHistory>,
     /// Some worker has been ready since the supervisor started.
     ever_ready: bool,
     /// The exit code to stop with: a first worker could not load the application (the same
     /// code `serve` without `--workers` exits with).
     fatal: Option<u8>,
+    /// The last startup diagnosis logged: workers failing the same way (a crash loop, the
+    /// first workers all at once) log it once. Forgotten once a worker is ready.
+    last_diagnosis: Option<String>,
+    /// Kept connections from retired workers that no worker could take yet, oldest first.
+    held: VecDeque<(Message, Instant)>,
+    /// Where the next handed-over connection goes first (round robin).
+    next_target: usize,
 }
 
 /// Runs the supervisor on `listener` (a listening socket, kept open in the supervisor all
@@ -176,8 +204,12 @@ pub async fn run(
         restarts: 0,
         started: Instant::now(),
         departed: pyfcgi_status::Totals::default(),
+        slots: Vec::new(),
         ever_ready: false,
         fatal: None,
+        last_diagnosis: None,
+        held: VecDeque::new(),
+        next_target: 0,
     };
     sup.write_status();
     if let (Some(addr), Some(doc)) = (&status_bind, &sup.status_doc) {
@@ -189,10 +221,14 @@ pub async fn run(
     }
     // Watching first: a change made while the first workers start is not missed.
     let _watchers = reload_watchers(&reload_dirs, &sup.events);
-    for _ in 0..sup.settings.workers {
-        sup.spawn()?;
+    sup.slots = vec![pyfcgi_status::SlotHistory::default(); sup.settings.workers];
+    for slot in 0..sup.settings.workers {
+        sup.spawn(slot)?;
     }
     sup.restarts = 0;
+    for s in &mut sup.slots {
+        s.restarts = 0;
+    }
     let mut reload_at: Option<Instant> = None;
     let mut ticks: u64 = 0;
     let watch = |kind| {
@@ -233,6 +269,8 @@ pub async fn run(
                         w.stats = Some(v);
                     }
                 }
+                Some(Event::Failed(id, diagnosis)) => sup.failed(id, diagnosis),
+                Some(Event::Handoff(id, message)) => sup.handoff(id, message),
                 Some(Event::Changed(path)) => {
                     if reload_at.is_none() {
                         info!(path = %path.display(), "--reload: file changed; rolling restart shortly");
@@ -285,8 +323,8 @@ pub async fn run(
 }
 
 impl Supervisor {
-    /// Starts one worker.
-    fn spawn(&mut self) -> Result<u64, SupervisorError> {
+    /// Starts one worker in `slot`.
+    fn spawn(&mut self, slot: usize) -> Result<u64, SupervisorError> {
         let id = self.next_id;
         self.next_id += 1;
         let exe = std::env::current_exe().map_err(|source| SupervisorError::Io {
@@ -316,15 +354,35 @@ impl Supervisor {
         if let Some(f) = &self.status_file {
             cmd.env(pyfcgi_status::STATUS_FILE_ENV, f);
         }
+        // The hand-over pair: the worker's end is inherited (close-on-exec cleared in the
+        // child only, so no other child gets it), its number in the environment.
+        let pair = Channel::pair().and_then(|(ours, theirs)| Ok((Channel::new(ours)?, theirs)));
+        let (handoff, worker_end) = match pair {
+            Ok((ours, theirs)) => (Some(Arc::new(ours)), Some(theirs)),
+            Err(e) => {
+                warn!(error = %e, "cannot make the hand-over socket pair: this worker's kept connections will be closed when it retires");
+                (None, None)
+            }
+        };
+        let inherit = worker_end.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        if let Some(fd) = inherit {
+            cmd.env(HANDOFF_FD_ENV, fd.to_string());
+        }
         cmd.stdin(Stdio::from(stdin))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .env(WORKER_ENV, id.to_string())
             .kill_on_drop(false);
-        // SAFETY: setpgid and prctl only change this child's own process attributes; both are
-        // async-signal-safe.
+        // SAFETY: setpgid, prctl and fcntl only change this child's own process attributes (fcntl:
+        // close-on-exec of the pair's end, which the parent keeps open until the child has
+        // exec'd); all are async-signal-safe.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if let Some(fd) = inherit
+                    && libc::fcntl(fd, libc::F_SETFD, 0) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
                 // Its own process group: a terminal's Ctrl-C reaches the supervisor only,
                 // which then stops the workers once, gracefully.
                 libc::setpgid(0, 0);
@@ -340,19 +398,32 @@ impl Supervisor {
             what: "cannot start a worker process",
             source,
         })?;
+        drop(worker_end);
         let pid = child.id().unwrap_or_default();
-        info!(worker = id, pid, "worker started");
+        info!(worker = id, pid, slot, "worker started");
         self.restarts += 1;
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.restarts += 1;
+        }
         self.workers.insert(
             id,
             Worker {
                 pid,
+                slot,
                 started: Instant::now(),
                 ready: false,
                 retiring: false,
                 stats: None,
+                handoff: handoff.clone(),
+                told_to_retire: None,
             },
         );
+        if let Some(channel) = handoff {
+            let tx = self.events.clone();
+            tokio::spawn(async move {
+                forward_handoffs(id, &channel, &tx).await;
+            });
+        }
         let tx = self.events.clone();
         let stdout = child.stdout.take();
         tokio::spawn(async move {
@@ -375,9 +446,11 @@ impl Supervisor {
                 let w = self.workers.get(id)?;
                 Some(pyfcgi_status::WorkerView {
                     id: *id,
+                    slot: w.slot,
                     pid: w.pid,
                     ready: w.ready && !w.retiring,
-                    rss_mib: pyfcgi_status::rss_mib(w.pid),
+                    stopping: w.retiring,
+                    rss_bytes: pyfcgi_status::process::rss_bytes(w.pid),
                     uptime_s: w.started.elapsed().as_secs_f64(),
                     stats: w.stats.clone(),
                 })
@@ -386,6 +459,7 @@ impl Supervisor {
         let doc = pyfcgi_status::status(
             &views,
             &self.departed,
+            &self.slots,
             self.restarts,
             self.started.elapsed().as_secs_f64(),
             true,
@@ -408,6 +482,7 @@ impl Supervisor {
         w.ready = true;
         self.ever_ready = true;
         self.startup_failures = 0;
+        self.last_diagnosis = None;
         info!(
             worker = id,
             pid = w.pid,
@@ -420,10 +495,26 @@ impl Supervisor {
             self.replacing = None;
             self.retire(old, "replaced");
         }
+        self.route_held();
+    }
+
+    /// A worker's startup diagnosis: logged unless it is the one logged last.
+    fn failed(&mut self, id: u64, diagnosis: String) {
+        if self.last_diagnosis.as_ref() == Some(&diagnosis) {
+            debug!(
+                worker = id,
+                "the worker failed as the one before (diagnosis above)"
+            );
+            return;
+        }
+        error!(worker = id, "{diagnosis}");
+        self.last_diagnosis = Some(diagnosis);
     }
 
     fn retire(&mut self, id: u64, why: &str) {
-        if let Some(w) = self.workers.get_mut(&id) {
+        if let Some(w) = self.workers.get_mut(&id)
+            && !w.retiring
+        {
             w.retiring = true;
             info!(
                 worker = id,
@@ -431,7 +522,123 @@ impl Supervisor {
                 why,
                 "retiring worker (graceful stop)"
             );
-            signal_pid(w.pid, libc::SIGTERM);
+            // A ready worker is told on its pair, after every connection already sent to it,
+            // and hands its kept connections back; SIGTERM would close them.
+            let told = w.ready
+                && w.handoff
+                    .as_ref()
+                    .is_some_and(|c| c.try_send(&Message::Retire).is_ok());
+            if told {
+                w.told_to_retire = Some(Instant::now());
+            } else {
+                signal_pid(w.pid, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// A message from worker `id`'s hand-over channel.
+    fn handoff(&mut self, id: u64, message: Message) {
+        match message {
+            Message::Connection { .. } => {
+                if self.stopping != Stopping::No {
+                    // Stopping: nobody will serve it; closed, as without hand-over.
+                    return;
+                }
+                if let Err(message) = self.forward(message) {
+                    if self.held.is_empty() {
+                        info!(
+                            from = id,
+                            "no worker can take a kept connection now: holding it until one is ready"
+                        );
+                    }
+                    self.held.push_back((message, Instant::now()));
+                }
+            }
+            Message::RetireRequest => {
+                let Some(w) = self.workers.get(&id) else {
+                    return;
+                };
+                if w.retiring || self.stopping != Stopping::No {
+                    return;
+                }
+                let slot = w.slot;
+                self.to_replace.retain(|&x| x != id);
+                let replacement_coming = self.replacing.is_some_and(|(_, old, _)| old == id);
+                self.retire(
+                    id,
+                    "it asked to stop (--max-requests, a stuck request or a changed file)",
+                );
+                if !replacement_coming {
+                    info!(worker = id, "starting a new worker in its place");
+                    self.pending_starts.push((Instant::now(), slot));
+                }
+            }
+            Message::Retire => {}
+        }
+    }
+
+    /// Sends a handed-over connection to a ready worker that is staying, round robin,
+    /// preferring those no rolling restart is about to replace; gives it back when none
+    /// takes it now.
+    fn forward(&mut self, message: Message) -> Result<(), Message> {
+        let leaving = |id: &u64| {
+            self.to_replace.contains(id) || self.replacing.is_some_and(|(_, old, _)| old == *id)
+        };
+        let mut staying: Vec<u64> = Vec::new();
+        let mut others: Vec<u64> = Vec::new();
+        for (id, w) in &self.workers {
+            if w.ready && !w.retiring && w.handoff.is_some() {
+                if leaving(id) {
+                    others.push(*id);
+                } else {
+                    staying.push(*id);
+                }
+            }
+        }
+        staying.sort_unstable();
+        others.sort_unstable();
+        for group in [staying, others] {
+            for i in 0..group.len() {
+                let id = group[(self.next_target + i) % group.len()];
+                let Some(channel) = self.workers.get(&id).and_then(|w| w.handoff.as_ref()) else {
+                    continue;
+                };
+                match channel.try_send(&message) {
+                    Ok(()) => {
+                        self.next_target = self.next_target.wrapping_add(i + 1);
+                        return Ok(());
+                    }
+                    // Its queue is full, or it is going away: try the next one.
+                    Err(e) => {
+                        debug!(worker = id, error = %e, "cannot pass a kept connection to this worker");
+                    }
+                }
+            }
+        }
+        Err(message)
+    }
+
+    /// Passes held connections on, oldest first, as far as workers take them.
+    fn route_held(&mut self) {
+        while let Some((message, since)) = self.held.pop_front() {
+            if let Err(message) = self.forward(message) {
+                self.held.push_front((message, since));
+                break;
+            }
+        }
+    }
+
+    /// Closes held connections no worker took within `--graceful-timeout`.
+    fn expire_held(&mut self) {
+        let limit = self.settings.graceful_timeout;
+        let before = self.held.len();
+        self.held.retain(|(_, since)| since.elapsed() < limit);
+        let closed = before - self.held.len();
+        if closed > 0 {
+            warn!(
+                closed,
+                "no worker could take kept connections within --graceful-timeout: closed them"
+            );
         }
     }
 
@@ -441,6 +648,9 @@ impl Supervisor {
         };
         if let Some(stats) = &w.stats {
             self.departed.add(stats, false);
+            if let Some(s) = self.slots.get_mut(w.slot) {
+                s.departed(stats);
+            }
         }
         let how = match status {
             Ok(s) => describe(*s),
@@ -468,7 +678,7 @@ impl Supervisor {
         if clean {
             // --max-requests, a watched file change: a normal recycle.
             info!(worker = id, pid = w.pid, "worker {how}: starting a new one");
-            self.pending_starts.push(Instant::now());
+            self.pending_starts.push((Instant::now(), w.slot));
             return;
         }
         let code = status.as_ref().ok().and_then(ExitStatus::code);
@@ -509,14 +719,25 @@ impl Supervisor {
             self.startup_failures
         };
         let backoff = backoff(n);
+        // Say what is true for the site: other workers may still be serving it.
+        let serving = self
+            .workers
+            .values()
+            .filter(|w| w.ready && !w.retiring)
+            .count();
+        let others = match serving {
+            0 => String::new(),
+            1 => "; 1 other worker keeps serving".to_owned(),
+            n => format!("; {n} other workers keep serving"),
+        };
         error!(
             worker = id,
             pid = w.pid,
             backoff_ms = backoff.as_millis(),
-            "worker {how}{}: starting a new one",
+            "worker {how}{}{others}: starting a new one",
             if w.ready { "" } else { " before it was ready" }
         );
-        self.pending_starts.push(Instant::now() + backoff);
+        self.pending_starts.push((Instant::now() + backoff, w.slot));
     }
 
     /// Starts due workers, the next replacement, and gives up on a crash loop.
@@ -528,10 +749,15 @@ impl Supervisor {
             });
         }
         let now = Instant::now();
-        let due = self.pending_starts.iter().filter(|t| **t <= now).count();
-        self.pending_starts.retain(|t| *t > now);
-        for _ in 0..due {
-            self.spawn()?;
+        let due: Vec<usize> = self
+            .pending_starts
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, slot)| *slot)
+            .collect();
+        self.pending_starts.retain(|(t, _)| *t > now);
+        for slot in due {
+            self.spawn(slot)?;
         }
         if let Some((new, old, since)) = self.replacing
             && since.elapsed() > self.settings.ready_timeout
@@ -548,9 +774,13 @@ impl Supervisor {
         }
         if self.replacing.is_none()
             && let Some(old) = self.to_replace.pop_front()
-            && self.workers.get(&old).is_some_and(|w| !w.retiring)
+            && let Some(slot) = self
+                .workers
+                .get(&old)
+                .filter(|w| !w.retiring)
+                .map(|w| w.slot)
         {
-            let new = self.spawn()?;
+            let new = self.spawn(slot)?;
             self.replacing = Some((new, old, Instant::now()));
         }
         Ok(())
@@ -578,10 +808,26 @@ impl Supervisor {
         }
     }
 
-    /// Once a second or so: RSS and lifetime limits.
+    /// Four times a second: held connections, RSS and lifetime limits.
     fn tick(&mut self) {
         if self.stopping != Stopping::No {
             return;
+        }
+        self.route_held();
+        self.expire_held();
+        // A worker told to retire on its pair that is still there well after
+        // --graceful-timeout did not get the message: SIGTERM, as without hand-over.
+        let late = self.settings.graceful_timeout + Duration::from_secs(5);
+        for (id, w) in &mut self.workers {
+            if w.told_to_retire.is_some_and(|t| t.elapsed() > late) {
+                w.told_to_retire = None;
+                warn!(
+                    worker = id,
+                    pid = w.pid,
+                    "a retired worker is still running after --graceful-timeout: sending SIGTERM"
+                );
+                signal_pid(w.pid, libc::SIGTERM);
+            }
         }
         let mut over: Vec<(u64, String)> = Vec::new();
         for (id, w) in &self.workers {
@@ -622,6 +868,7 @@ impl Supervisor {
                 self.stopping = Stopping::Graceful;
                 self.to_replace.clear();
                 self.replacing = None;
+                self.drop_held();
                 self.kill_all(libc::SIGTERM);
                 *deadline =
                     Some(Instant::now() + self.settings.graceful_timeout + Duration::from_secs(2));
@@ -629,9 +876,21 @@ impl Supervisor {
             Stopping::Now => {
                 info!(why, "immediate stop: killing the workers");
                 self.stopping = Stopping::Now;
+                self.drop_held();
                 self.kill_all(libc::SIGKILL);
             }
             _ => {}
+        }
+    }
+
+    /// Stopping: held connections are closed, as the workers close theirs.
+    fn drop_held(&mut self) {
+        if !self.held.is_empty() {
+            info!(
+                closed = self.held.len(),
+                "stopping: closing kept connections no worker had taken yet"
+            );
+            self.held.clear();
         }
     }
 
@@ -661,6 +920,27 @@ fn reload_watchers(
     watchers
 }
 
+/// Forwards what a worker sends on its hand-over channel, until it closes its end.
+async fn forward_handoffs(id: u64, channel: &Channel, tx: &mpsc::UnboundedSender<Event>) {
+    loop {
+        match channel.recv().await {
+            Ok(Some(message)) => {
+                if tx.send(Event::Handoff(id, message)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                warn!(worker = id, error = %e, "ignored a bad hand-over message");
+            }
+            Err(e) => {
+                warn!(worker = id, error = %e, "the hand-over channel failed");
+                return;
+            }
+        }
+    }
+}
+
 /// Forwards a worker's control lines and reports its exit.
 async fn watch(
     id: u64,
@@ -675,6 +955,7 @@ async fn watch(
                 let _ = tx.send(match message {
                     WorkerMessage::Ready => Event::Ready(id),
                     WorkerMessage::Stats { stats } => Event::Stats(id, stats),
+                    WorkerMessage::Failed { diagnosis } => Event::Failed(id, diagnosis),
                 });
             } else if !line.is_empty() {
                 // Something in the worker wrote to its stdout (a C extension, say).

@@ -183,6 +183,24 @@ impl Listener {
     }
 }
 
+/// A connected stream socket received from another process (a kept connection handed over),
+/// ready to serve; its peer as [`Listener::accept`] would give it.
+pub fn adopt_stream(fd: OwnedFd) -> std::io::Result<Accepted> {
+    let unix = SockRef::from(&fd).local_addr()?.is_unix();
+    if unix {
+        let s = std::os::unix::net::UnixStream::from(fd);
+        s.set_nonblocking(true)?;
+        Ok(Accepted::Unix(UnixStream::from_std(s)?, "unix".into()))
+    } else {
+        let s = std::net::TcpStream::from(fd);
+        s.set_nonblocking(true)?;
+        let peer = s
+            .peer_addr()
+            .map_or_else(|_| "tcp".into(), |a| a.to_string());
+        Ok(Accepted::Tcp(TcpStream::from_std(s)?, peer))
+    }
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
         if let Self::Unix(_, Some(owned)) = self
