@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Server, TempDir, free_port, http, serve_command};
+use crate::support::{Server, TempDir, free_port, http};
 
 /// A private Apache on a loopback port, proxying `/` to the FastCGI socket; stopped on drop.
 struct Apache {
@@ -72,12 +72,7 @@ fn flask(dir: &TempDir, extra: &[&str]) -> Server {
     let venv = crate::python_nginx::venv();
     let mut args = vec![spec.as_str(), "--venv", venv, "--socket-mode", "666"];
     args.extend_from_slice(extra);
-    let mut cmd = serve_command(&args);
-    cmd.arg("--bind")
-        .arg(format!("unix:{}", sock.display()))
-        .env("PYFCGI_LOG", "info")
-        .stdin(Stdio::null());
-    Server::from_command(cmd, None)
+    Server::on_unix_socket(&args, &sock)
 }
 
 #[test]

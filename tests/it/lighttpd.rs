@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Server, TempDir, free_port, http, serve_command};
+use crate::support::{Server, TempDir, free_port, http};
 
 /// A private lighttpd on a loopback port using the shipped snippet, pointed at `sock`;
 /// stopped on drop.
@@ -74,12 +74,7 @@ fn lighttpd_mod_fastcgi_serves_the_flask_example_with_the_shipped_snippet() {
         let spec = format!("{}:app", app.display());
         let mut args = vec![spec.as_str(), "--venv", crate::python_nginx::venv()];
         args.extend_from_slice(extra);
-        let mut cmd = serve_command(&args);
-        cmd.arg("--bind")
-            .arg(format!("unix:{}", sock.display()))
-            .env("PYFCGI_LOG", "info")
-            .stdin(Stdio::null());
-        let server = Server::from_command(cmd, None);
+        let server = Server::on_unix_socket(&args, &sock);
         let lighttpd = Lighttpd::start(&sock);
         let logs = || {
             format!(

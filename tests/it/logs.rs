@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Server, TempDir, kill, pyfcgi, run_pyfcgi, serve_command};
+use crate::support::{Server, TempDir, file_lines, kill, pyfcgi, run_pyfcgi, serve_command};
 use crate::wsgi::PY_ENV;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -54,19 +54,6 @@ fn request(server: &Server, args: &[&str]) -> String {
         server.log()
     );
     out.stdout_str()
-}
-
-/// The lines of the file at `path` once it has at least `n` (bounded).
-fn lines_of(path: &Path, n: usize) -> Vec<String> {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        if lines.len() >= n || Instant::now() > end {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Waits until `pred` holds for the server's log (bounded); false when it never does.
@@ -126,7 +113,7 @@ fn json_error_log_and_access_log_lines_parse_and_carry_their_keys() {
         server.log()
     );
     // The access log follows --log-format json (no --access-log-format given).
-    let lines = lines_of(&access, 2);
+    let lines = file_lines(&access, 2);
     assert_eq!(lines.len(), 2, "{lines:?}");
     let entries: Vec<Value> = lines
         .iter()
@@ -212,7 +199,7 @@ fn access_line(format: &str) -> String {
             "/hello?q=1",
         ],
     );
-    let lines = lines_of(&access, 1);
+    let lines = file_lines(&access, 1);
     assert_eq!(lines.len(), 1, "{lines:?}\n{}", server.log());
     lines[0].clone()
 }

@@ -4,11 +4,10 @@
 //! access-log line and error-log line.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{Server, TempDir, pyfcgi, roundtrip, run_pyfcgi, serve_command};
+use crate::support::{Server, TempDir, file_lines, pyfcgi, roundtrip, run_pyfcgi, serve_command};
 use crate::wsgi::{Cgi, PY_ENV};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -25,19 +24,6 @@ fn bench(args: &[&str]) {
         out.stderr,
         out.stdout_str()
     );
-}
-
-/// The lines of the access log at `path` once it has at least `n` (up to 10 s).
-fn access_lines(path: &Path, n: usize) -> Vec<String> {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        if lines.len() >= n || Instant::now() > end {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Checks `{pid} {request_id}` lines: no id twice, and each process shows one tag of its
@@ -104,7 +90,7 @@ fn request_ids_stay_unique_across_supervised_workers_sharing_an_access_log() {
             "--no-keep-conn",
         ]);
         sent += 200;
-        let lines = access_lines(&access, sent);
+        let lines = file_lines(&access, sent);
         assert_eq!(lines.len(), sent, "{}", server.log());
         let per_pid = assert_ids_unique(&lines);
         if (per_pid.len() == 2 && sent >= 400) || sent >= 2000 {
@@ -140,7 +126,7 @@ fn request_ids_stay_unique_across_iis_style_instances_sharing_an_access_log() {
         "--access-log-format",
         "{pid} {request_id}",
     ]);
-    let lines = access_lines(&access, 400);
+    let lines = file_lines(&access, 400);
     assert_eq!(lines.len(), 400);
     let per_pid = assert_ids_unique(&lines);
     assert_eq!(per_pid.len(), 2, "{per_pid:?}");
@@ -193,7 +179,7 @@ fn a_500_page_shows_the_request_id_of_its_access_log_and_error_log_lines() {
         assert!(r.status.starts_with("500 "), "{r:?}\n{}", server.log());
         ids.push((uri, r.request_id()));
     }
-    let lines = access_lines(&access, ids.len());
+    let lines = file_lines(&access, ids.len());
     for (uri, id) in &ids {
         assert!(
             lines.contains(&format!("500 {uri} {id}")),

@@ -65,6 +65,17 @@ impl Stack {
         }
     }
 
+    /// [`Stack::start`] of a `--workers 2` server, returned once both workers are ready.
+    fn start_ready(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let s = Self::start(args, env);
+        assert!(
+            s.wait_count("worker ready", 2, Duration::from_secs(30)),
+            "{}",
+            s.logs()
+        );
+        s
+    }
+
     fn wait_count(&self, needle: &str, n: usize, limit: Duration) -> bool {
         let end = Instant::now() + limit;
         while Instant::now() < end {
@@ -154,12 +165,7 @@ fn pids(ok: &[u32]) -> BTreeSet<u32> {
 #[test]
 fn sighup_rolling_restart_under_load_fails_no_request() {
     // A 0.5 s import: during each replacement only the old workers can serve.
-    let s = Stack::start(&["--workers", "2"], &[("WORKERS_APP_IMPORT_DELAY", "0.5")]);
-    assert!(
-        s.wait_count("worker ready", 2, Duration::from_secs(20)),
-        "{}",
-        s.logs()
-    );
+    let s = Stack::start_ready(&["--workers", "2"], &[("WORKERS_APP_IMPORT_DELAY", "0.5")]);
     let load = Load::start(s.nginx.port, 4, "/");
     std::thread::sleep(Duration::from_millis(500));
     kill(s.server.pid(), libc::SIGHUP);
@@ -201,12 +207,7 @@ fn sighup_rolling_restart_under_load_fails_no_request() {
 
 #[test]
 fn a_worker_killed_with_sigkill_loses_only_its_in_flight_requests_and_is_replaced() {
-    let s = Stack::start(&["--workers", "2"], &[]);
-    assert!(
-        s.wait_count("worker ready", 2, Duration::from_secs(20)),
-        "{}",
-        s.logs()
-    );
+    let s = Stack::start_ready(&["--workers", "2"], &[]);
     let clients = 4;
     let load = Load::start(s.nginx.port, clients, "/sleep?0.05");
     std::thread::sleep(Duration::from_millis(500));
@@ -300,7 +301,7 @@ fn sigterm_finishes_every_accepted_request_then_exits_0() {
 
 #[test]
 fn max_requests_with_jitter_recycles_workers_without_a_failed_request() {
-    let s = Stack::start(
+    let s = Stack::start_ready(
         &[
             "--workers",
             "2",
@@ -310,11 +311,6 @@ fn max_requests_with_jitter_recycles_workers_without_a_failed_request() {
             "10",
         ],
         &[],
-    );
-    assert!(
-        s.wait_count("worker ready", 2, Duration::from_secs(20)),
-        "{}",
-        s.logs()
     );
     let load = Load::start(s.nginx.port, 3, "/");
     let t0 = Instant::now();
@@ -492,7 +488,7 @@ fn the_status_path_reports_every_worker_as_json_and_prometheus_and_the_access_lo
 {
     let dir = TempDir::new("workers-status");
     let access = dir.path().join("logs").join("access.log");
-    let s = Stack::start(
+    let s = Stack::start_ready(
         &[
             "--workers",
             "2",
@@ -502,11 +498,6 @@ fn the_status_path_reports_every_worker_as_json_and_prometheus_and_the_access_lo
             access.to_str().unwrap(),
         ],
         &[],
-    );
-    assert!(
-        s.wait_count("worker ready", 2, Duration::from_secs(20)),
-        "{}",
-        s.logs()
     );
     for _ in 0..20 {
         get(s.nginx.port, "/").unwrap();
@@ -691,12 +682,7 @@ fn status_bind_on_the_supervisor_says_not_ready_until_the_workers_imported_the_a
 fn the_totals_keep_the_requests_of_replaced_workers() {
     let port = crate::support::free_port();
     let bind = format!("127.0.0.1:{port}");
-    let s = Stack::start(&["--workers", "2", "--status-bind", &bind], &[]);
-    assert!(
-        s.wait_count("worker ready", 2, Duration::from_secs(20)),
-        "{}",
-        s.logs()
-    );
+    let s = Stack::start_ready(&["--workers", "2", "--status-bind", &bind], &[]);
     for _ in 0..30 {
         get(s.nginx.port, "/").unwrap();
     }
@@ -990,7 +976,7 @@ fn check_histogram(samples: &[Sample]) -> f64 {
 fn metrics_follow_prometheus_conventions_with_a_histogram_and_series_by_worker_slot() {
     let port = crate::support::free_port();
     let bind = format!("127.0.0.1:{port}");
-    let s = Stack::start(
+    let s = Stack::start_ready(
         &[
             "--workers",
             "2",
@@ -1000,11 +986,6 @@ fn metrics_follow_prometheus_conventions_with_a_histogram_and_series_by_worker_s
             &bind,
         ],
         &[],
-    );
-    assert!(
-        s.wait_count("worker ready", 2, Duration::from_secs(20)),
-        "{}",
-        s.logs()
     );
     // Status requests first: were they counted, the totals below would be over 20.
     for _ in 0..5 {
@@ -1188,7 +1169,7 @@ fn check_top_frame(args: &[&str], logs: &dyn Fn() -> String) {
 fn top_shows_every_worker_over_tcp_fastcgi_and_a_unix_socket_and_names_an_unreachable_endpoint() {
     let port = crate::support::free_port();
     let bind = format!("127.0.0.1:{port}");
-    let s = Stack::start(
+    let s = Stack::start_ready(
         &[
             "--workers",
             "2",
@@ -1198,11 +1179,6 @@ fn top_shows_every_worker_over_tcp_fastcgi_and_a_unix_socket_and_names_an_unreac
             &bind,
         ],
         &[],
-    );
-    assert!(
-        s.wait_count("worker ready", 2, Duration::from_secs(20)),
-        "{}",
-        s.logs()
     );
     for _ in 0..10 {
         get(s.nginx.port, "/").unwrap();
@@ -1220,7 +1196,7 @@ fn top_shows_every_worker_over_tcp_fastcgi_and_a_unix_socket_and_names_an_unreac
     // A --status-bind on a Unix socket, given as a path.
     let dir = TempDir::new("top-unix");
     let status_sock = dir.path().join("status.sock");
-    let u = Stack::start(
+    let u = Stack::start_ready(
         &[
             "--workers",
             "2",
@@ -1228,11 +1204,6 @@ fn top_shows_every_worker_over_tcp_fastcgi_and_a_unix_socket_and_names_an_unreac
             &format!("unix:{}", status_sock.display()),
         ],
         &[],
-    );
-    assert!(
-        u.wait_count("worker ready", 2, Duration::from_secs(20)),
-        "{}",
-        u.logs()
     );
     let path = status_sock.display().to_string();
     let end = Instant::now() + Duration::from_secs(10);
@@ -1342,12 +1313,7 @@ fn check_terminal_restored(screen: &str) {
 fn top_live_view_draws_frames_says_when_the_endpoint_is_lost_and_restores_the_terminal() {
     let port = crate::support::free_port();
     let bind = format!("127.0.0.1:{port}");
-    let s = Stack::start(&["--workers", "2", "--status-bind", &bind], &[]);
-    assert!(
-        s.wait_count("worker ready", 2, Duration::from_secs(20)),
-        "{}",
-        s.logs()
-    );
+    let s = Stack::start_ready(&["--workers", "2", "--status-bind", &bind], &[]);
     // SIGTERM (a closed terminal's SIGHUP the same) ends the view like q.
     let (status, screen) = top_in_pty("term", s.server.pid(), &bind);
     assert_eq!(status, "0 1", "exit code, SIGTERM sent: {screen:?}");
@@ -1392,12 +1358,7 @@ impl Supervised {
             "{pid} {status}",
         ];
         args.extend_from_slice(extra);
-        let mut cmd = serve_command(&args);
-        cmd.arg("--bind")
-            .arg(format!("unix:{}", sock.display()))
-            .env("PYFCGI_LOG", "info")
-            .stdin(Stdio::null());
-        let server = Server::from_command(cmd, None);
+        let server = Server::on_unix_socket(&args, &sock);
         Self {
             server,
             sock,

@@ -18,6 +18,19 @@ pub fn pyfcgi() -> &'static str {
     env!("CARGO_BIN_EXE_pyfcgi")
 }
 
+/// The lines of the file at `path` once it has at least `n`, or what it has after 10 s.
+pub fn file_lines(path: &Path, n: usize) -> Vec<String> {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= n || Instant::now() > end {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A temp dir removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -87,6 +100,17 @@ impl Server {
         let dir = TempDir::new("sock");
         let sock = dir.path().join("pyfcgi.sock");
         Self::start(args, &format!("unix:{}", sock.display()), Some(dir))
+    }
+
+    /// Starts `pyfcgi serve ARGS` on the Unix socket `sock` with info logging, as a front end
+    /// (nginx, Apache, lighttpd) configured with that path expects.
+    pub fn on_unix_socket(args: &[&str], sock: &Path) -> Self {
+        let mut cmd = serve_command(args);
+        cmd.arg("--bind")
+            .arg(format!("unix:{}", sock.display()))
+            .env("PYFCGI_LOG", "info")
+            .stdin(Stdio::null());
+        Self::from_command(cmd, None)
     }
 
     fn start(args: &[&str], bind: &str, dir: Option<TempDir>) -> Self {
