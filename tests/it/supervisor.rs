@@ -1539,7 +1539,16 @@ fn two_rolling_restarts_under_bench_on_kept_connections_fail_no_request() {
 
 #[test]
 fn max_requests_recycling_under_bench_on_kept_connections_fails_no_request() {
-    let s = Supervised::start(&["--workers", "2", "--max-requests", "150"]);
+    let port = crate::support::free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let s = Supervised::start(&[
+        "--workers",
+        "2",
+        "--max-requests",
+        "150",
+        "--status-bind",
+        &bind,
+    ]);
     assert!(
         s.wait_count("worker ready", 2, Duration::from_secs(30)),
         "{}",
@@ -1559,6 +1568,27 @@ fn max_requests_recycling_under_bench_on_kept_connections_fails_no_request() {
     assert!(recycled >= 4, "workers did not recycle: {}", s.server.log());
     let answered: BTreeSet<u32> = s.answered_by().into_iter().collect();
     assert!(answered.len() >= 5, "{answered:?}");
+    // The metrics count the hand-overs (the supervisor publishes within a second).
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = status_get(port, "/metrics").unwrap();
+        let samples = parse_with_reference(&String::from_utf8_lossy(&body));
+        let handed = value(&samples, "pyfcgi_connections_handed_over_total", &[]);
+        if handed > 0.0 {
+            eprintln!("--max-requests 150 under bench: {handed} connections handed over");
+            assert_eq!(
+                value(&samples, "pyfcgi_connections_handover_closed_total", &[]),
+                0.0
+            );
+            assert_eq!(
+                value(&samples, "pyfcgi_connections_handover_held", &[]),
+                0.0
+            );
+            break;
+        }
+        assert!(Instant::now() < end, "no hand-over counted: {samples:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -145,8 +145,38 @@ pub fn prometheus(doc: &Value) -> String {
     }
     duration_histogram(out, doc.get("request_duration_seconds"));
     slots(out, doc.get("slots").and_then(Value::as_array));
+    if let Some(h) = doc.get("handover") {
+        handover(out, h);
+    }
     process(out, doc.get("process"));
     text
+}
+
+/// Kept connections handed over by retiring workers (supervised only: a single process has
+/// nobody to hand them to).
+fn handover(out: &mut String, h: &Value) {
+    let num = |k: &str| h.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    single(
+        out,
+        "pyfcgi_connections_handed_over_total",
+        "counter",
+        "Kept connections retiring workers handed over to the supervisor for other workers.",
+        num("connections"),
+    );
+    single(
+        out,
+        "pyfcgi_connections_handover_closed_total",
+        "counter",
+        "Handed-over connections closed because no worker took them (stopping, or none ready within --graceful-timeout).",
+        num("closed"),
+    );
+    single(
+        out,
+        "pyfcgi_connections_handover_held",
+        "gauge",
+        "Handed-over connections waiting for a worker to be ready.",
+        num("held"),
+    );
 }
 
 fn duration_histogram(out: &mut String, h: Option<&Value>) {
@@ -314,5 +344,28 @@ mod tests {
         assert_eq!(number(f64::INFINITY), "+Inf");
         assert_eq!(number(0.0025), "0.0025");
         assert_eq!(number(1.0), "1");
+    }
+
+    #[test]
+    fn handover_counters_are_written_only_when_supervised() {
+        let single = prometheus(&serde_json::json!({"ready": true}));
+        assert!(!single.contains("handed_over"), "{single}");
+        let doc = serde_json::json!({
+            "ready": true,
+            "handover": {"connections": 7, "closed": 1, "held": 2},
+        });
+        let text = prometheus(&doc);
+        assert!(
+            text.contains("# TYPE pyfcgi_connections_handed_over_total counter\npyfcgi_connections_handed_over_total 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\npyfcgi_connections_handover_closed_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE pyfcgi_connections_handover_held gauge\npyfcgi_connections_handover_held 2\n"),
+            "{text}"
+        );
     }
 }

@@ -157,6 +157,10 @@ struct Supervisor {
     held: VecDeque<(Message, Instant)>,
     /// Where the next handed-over connection goes first (round robin).
     next_target: usize,
+    /// Kept connections retiring workers handed over, and those of them closed because no
+    /// worker took them (stopping, or none ready within `--graceful-timeout`).
+    handed_over: u64,
+    handover_closed: u64,
 }
 
 /// Runs the supervisor on `listener` (a listening socket, kept open in the supervisor all
@@ -209,6 +213,8 @@ pub async fn run(
         fatal: None,
         last_diagnosis: None,
         held: VecDeque::new(),
+        handed_over: 0,
+        handover_closed: 0,
         next_target: 0,
     };
     sup.write_status();
@@ -456,7 +462,7 @@ impl Supervisor {
                 })
             })
             .collect();
-        let doc = pyfcgi_status::status(
+        let mut doc = pyfcgi_status::status(
             &views,
             &self.departed,
             &self.slots,
@@ -464,6 +470,11 @@ impl Supervisor {
             self.started.elapsed().as_secs_f64(),
             true,
         );
+        doc["handover"] = serde_json::json!({
+            "connections": self.handed_over,
+            "closed": self.handover_closed,
+            "held": self.held.len(),
+        });
         if let Some(path) = &self.status_file {
             let tmp = path.with_extension("json.tmp");
             if std::fs::write(&tmp, doc.to_string()).is_ok() {
@@ -540,8 +551,10 @@ impl Supervisor {
     fn handoff(&mut self, id: u64, message: Message) {
         match message {
             Message::Connection { .. } => {
+                self.handed_over += 1;
                 if self.stopping != Stopping::No {
                     // Stopping: nobody will serve it; closed, as without hand-over.
+                    self.handover_closed += 1;
                     return;
                 }
                 if let Err(message) = self.forward(message) {
@@ -634,6 +647,7 @@ impl Supervisor {
         let before = self.held.len();
         self.held.retain(|(_, since)| since.elapsed() < limit);
         let closed = before - self.held.len();
+        self.handover_closed += closed as u64;
         if closed > 0 {
             warn!(
                 closed,
@@ -890,6 +904,7 @@ impl Supervisor {
                 closed = self.held.len(),
                 "stopping: closing kept connections no worker had taken yet"
             );
+            self.handover_closed += self.held.len() as u64;
             self.held.clear();
         }
     }
