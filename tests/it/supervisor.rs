@@ -1230,28 +1230,46 @@ fn top_shows_every_worker_over_tcp_fastcgi_and_a_unix_socket_and_names_an_unreac
 
 /// Runs `pyfcgi top ADDRESS --interval 0.2` under a pseudo-terminal until it has drawn the
 /// worker table twice, then `mode`: "q" stops the server (`server`), waits for the view to say
-/// the endpoint is lost and presses q; "term" sends the view SIGTERM. Returns (exit code,
-/// whether the step was done, everything the terminal got).
-fn top_in_pty(mode: &str, server: u32, address: &str) -> (String, String) {
+/// the endpoint is lost and presses q; "term" sends the view SIGTERM; "hang" freezes the
+/// server (SIGSTOP), waits until the view's next request sits unanswered in the listener's
+/// accept queue, presses q and lets the server go on (SIGCONT). Returns (exit code and
+/// whether the step was done, everything the terminal got, seconds from the step to the
+/// view's exit).
+fn top_in_pty(mode: &str, server: u32, address: &str) -> (String, String, f64) {
     const SCRIPT: &str = r#"
 import os, pty, select, signal, sys, time
 mode, server = sys.argv[1], int(sys.argv[2])
+port = int(sys.argv[5].rsplit(":", 1)[1]) if mode == "hang" else 0
+
+def accept_queue():
+    # A listening socket's rx_queue in /proc/net/tcp is its accept queue's length.
+    for line in open("/proc/net/tcp").readlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and int(f[1].split(":")[1], 16) == port:
+            return int(f[4].split(":")[1], 16)
+    return 0
+
 pid, fd = pty.fork()
 if pid == 0:
     os.execv(sys.argv[3], sys.argv[3:])
-buf, stopped, sent = b"", False, False
+buf, stopped, sent, at = b"", False, False, time.time()
 end = time.time() + 30
 while time.time() < end:
     if not stopped and buf.count(b"SLOT") >= 2:
         if mode == "q":
             os.kill(server, signal.SIGTERM)
+        elif mode == "hang":
+            os.kill(server, signal.SIGSTOP)
         else:
             os.kill(pid, signal.SIGTERM)
-            sent = True
+            sent, at = True, time.time()
         stopped = True
-    if stopped and not sent and b"endpoint lost" in buf:
+    if stopped and not sent and mode == "q" and b"endpoint lost" in buf:
         os.write(fd, b"q")
-        sent = True
+        sent, at = True, time.time()
+    if stopped and not sent and mode == "hang" and accept_queue() > 0:
+        os.write(fd, b"q")
+        sent, at = True, time.time()
     r, _, _ = select.select([fd], [], [], 0.1)
     if r:
         try:
@@ -1264,8 +1282,12 @@ while time.time() < end:
 if not sent:
     os.kill(pid, 9)
 _, st = os.waitpid(pid, 0)
+took = time.time() - at
+if mode == "hang":
+    os.kill(server, signal.SIGCONT)
 print(os.waitstatus_to_exitcode(st), int(sent))
 print(buf.hex())
+print(took)
 "#;
     let out = std::process::Command::new("python3")
         .args(["-c", SCRIPT, mode, &server.to_string()])
@@ -1276,8 +1298,12 @@ print(buf.hex())
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut lines = stdout.lines();
     let status = lines.next().unwrap_or_default().to_owned();
-    let screen = lines
+    let hex = lines.next();
+    let took = lines
         .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(f64::NAN);
+    let screen = hex
         .and_then(|h| {
             (0..h.len())
                 .step_by(2)
@@ -1291,7 +1317,7 @@ print(buf.hex())
                 String::from_utf8_lossy(&out.stderr)
             )
         });
-    (status, screen)
+    (status, screen, took)
 }
 
 /// The terminal got the alternate screen, then left it at the very end, cursor shown again.
@@ -1315,12 +1341,19 @@ fn top_live_view_draws_frames_says_when_the_endpoint_is_lost_and_restores_the_te
     let bind = format!("127.0.0.1:{port}");
     let s = Stack::start_ready(&["--workers", "2", "--status-bind", &bind], &[]);
     // SIGTERM (a closed terminal's SIGHUP the same) ends the view like q.
-    let (status, screen) = top_in_pty("term", s.server.pid(), &bind);
+    let (status, screen, _) = top_in_pty("term", s.server.pid(), &bind);
     assert_eq!(status, "0 1", "exit code, SIGTERM sent: {screen:?}");
     assert!(screen.contains("workers 2 alive"), "{screen:?}");
     check_terminal_restored(&screen);
+    // A server that hangs (accepts, never answers) does not keep q from quitting: the view
+    // reads the status on a thread of its own, and would otherwise wait out its 5 s timeout.
+    let (status, screen, took) = top_in_pty("hang", s.server.pid(), &bind);
+    assert_eq!(status, "0 1", "exit code, q sent: {screen:?}\n{}", s.logs());
+    eprintln!("top quit {took:.2} s after q against a hung endpoint");
+    assert!(took < 2.5, "q took {took:.2} s against a hung endpoint");
+    check_terminal_restored(&screen);
     // The server goes away: the view says so and keeps retrying until q.
-    let (status, screen) = top_in_pty("q", s.server.pid(), &bind);
+    let (status, screen, _) = top_in_pty("q", s.server.pid(), &bind);
     assert_eq!(status, "0 1", "exit code, q sent: {screen:?}\n{}", s.logs());
     assert!(
         screen.contains("!! endpoint lost: cannot connect") && screen.contains("retrying every"),

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -534,13 +534,8 @@ fn run(args: &TopArgs) -> Result<(), (i32, String)> {
                 .to_owned(),
         )));
     }
-    live(
-        &rt,
-        &endpoint,
-        first,
-        Duration::from_secs_f64(args.interval),
-    )
-    .map_err(|e| (1, report(&e)))
+    drop(rt);
+    live(&endpoint, first, Duration::from_secs_f64(args.interval)).map_err(|e| (1, report(&e)))
 }
 
 /// Raw mode and the alternate screen, undone on drop (also on a panic's unwind).
@@ -595,47 +590,71 @@ impl StopSignals {
     }
 }
 
-fn live(
-    rt: &tokio::runtime::Runtime,
-    endpoint: &Endpoint,
-    first: Value,
+/// Fetches the status every `interval` (counted from the end of the previous fetch) on a
+/// thread of its own, so a hung endpoint never keeps the view from answering its keys.
+/// Sends each document, or the error's report; ends when the receiver is gone.
+fn fetch_every(
+    endpoint: Endpoint,
     interval: Duration,
-) -> Result<(), TopError> {
+) -> Result<std::sync::mpsc::Receiver<Result<Value, String>>, TopError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(TopError::Io)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("pyfcgi-top-fetch".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                let got = rt.block_on(endpoint.fetch()).map_err(|e| report(&e));
+                if tx.send(got).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(TopError::Io)?;
+    Ok(rx)
+}
+
+fn live(endpoint: &Endpoint, first: Value, interval: Duration) -> Result<(), TopError> {
     use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+    let fetched = fetch_every(endpoint.clone(), interval)?;
     let screen = Screen::enter()?;
     let source = endpoint.describe();
     let mut samples = Samples::default();
     samples.push(first);
     let mut lost: Option<String> = None;
-    let mut next = Instant::now() + interval;
     let stop = StopSignals::watch();
     draw(&samples, &source, lost.as_deref(), interval)?;
     loop {
         if stop.raised() {
             break;
         }
-        let now = Instant::now();
-        if now >= next {
-            match rt.block_on(endpoint.fetch()) {
-                Ok(doc) => {
-                    samples.push(doc);
-                    lost = None;
-                }
-                Err(e) => {
-                    lost = Some(format!(
-                        "endpoint lost: {}; retrying every {:.1} s ({})",
-                        report(&e),
-                        interval.as_secs_f64(),
-                        endpoint.hint()
-                    ));
-                }
+        match fetched.try_recv() {
+            Ok(Ok(doc)) => {
+                samples.push(doc);
+                lost = None;
+                draw(&samples, &source, lost.as_deref(), interval)?;
             }
-            next = Instant::now() + interval;
-            draw(&samples, &source, lost.as_deref(), interval)?;
-            continue;
+            Ok(Err(e)) => {
+                lost = Some(format!(
+                    "endpoint lost: {e}; retrying every {:.1} s ({})",
+                    interval.as_secs_f64(),
+                    endpoint.hint()
+                ));
+                draw(&samples, &source, lost.as_deref(), interval)?;
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                drop(screen);
+                return Err(TopError::NotStatus(
+                    "the thread reading the status stopped".to_owned(),
+                ));
+            }
         }
-        // Short waits, so a signal is noticed within a tenth of a second.
-        if !event::poll((next - now).min(Duration::from_millis(100))).map_err(TopError::Terminal)? {
+        // Short waits, so a new document, a key or a signal is seen within 50 ms.
+        if !event::poll(Duration::from_millis(50)).map_err(TopError::Terminal)? {
             continue;
         }
         match event::read().map_err(TopError::Terminal)? {
