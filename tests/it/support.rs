@@ -86,6 +86,8 @@ pub struct Server {
     pub child: Child,
     pub addr: String,
     log: Arc<Mutex<String>>,
+    /// Set once the log reader has read stderr to its end (everyone writing it has exited).
+    log_done: Arc<std::sync::atomic::AtomicBool>,
     _dir: Option<TempDir>,
 }
 
@@ -467,6 +469,8 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = Arc::clone(&log);
+        let log_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::clone(&log_done);
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
@@ -480,6 +484,7 @@ impl Server {
                 l.push_str(&line);
                 l.push('\n');
             }
+            done.store(true, Ordering::Release);
         });
         let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
             let _ = child.kill();
@@ -504,6 +509,7 @@ impl Server {
             child,
             addr,
             log,
+            log_done,
             _dir: dir,
         }
     }
@@ -520,8 +526,16 @@ impl Server {
 
     /// Waits up to `limit` for the server to exit on its own (no signal is sent); kills it and
     /// returns None when the time is up.
+    ///
+    /// Once it has exited, its last lines are in [`Server::log`] (the reader is given up to
+    /// 5 s more to reach the end of stderr, which a worker it left behind may hold open).
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        wait_timeout(&mut self.child, limit)
+        let status = wait_timeout(&mut self.child, limit)?;
+        let end = Instant::now() + Duration::from_secs(5);
+        while !self.log_done.load(Ordering::Acquire) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(status)
     }
 }
 
