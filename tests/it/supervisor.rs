@@ -76,6 +76,22 @@ impl Stack {
         s
     }
 
+    /// A ready `--workers 2` server with `--status-path /pyfcgi-status` and a `--status-bind`
+    /// on a free loopback port, which it returns.
+    fn start_with_status() -> (Self, u16) {
+        let port = crate::support::free_port();
+        let bind = format!("127.0.0.1:{port}");
+        let args = [
+            "--workers",
+            "2",
+            "--status-path",
+            "/pyfcgi-status",
+            "--status-bind",
+            &bind,
+        ];
+        (Self::start_ready(&args, &[]), port)
+    }
+
     fn wait_count(&self, needle: &str, n: usize, limit: Duration) -> bool {
         let end = Instant::now() + limit;
         while Instant::now() < end {
@@ -974,19 +990,7 @@ fn check_histogram(samples: &[Sample]) -> f64 {
 
 #[test]
 fn metrics_follow_prometheus_conventions_with_a_histogram_and_series_by_worker_slot() {
-    let port = crate::support::free_port();
-    let bind = format!("127.0.0.1:{port}");
-    let s = Stack::start_ready(
-        &[
-            "--workers",
-            "2",
-            "--status-path",
-            "/pyfcgi-status",
-            "--status-bind",
-            &bind,
-        ],
-        &[],
-    );
+    let (s, port) = Stack::start_with_status();
     // Status requests first: were they counted, the totals below would be over 20.
     for _ in 0..5 {
         let (st, _, _) = crate::support::http(s.nginx.port, "GET", "/pyfcgi-status", &[], b"");
@@ -1167,19 +1171,8 @@ fn check_top_frame(args: &[&str], logs: &dyn Fn() -> String) {
 
 #[test]
 fn top_shows_every_worker_over_tcp_fastcgi_and_a_unix_socket_and_names_an_unreachable_endpoint() {
-    let port = crate::support::free_port();
+    let (s, port) = Stack::start_with_status();
     let bind = format!("127.0.0.1:{port}");
-    let s = Stack::start_ready(
-        &[
-            "--workers",
-            "2",
-            "--status-path",
-            "/pyfcgi-status",
-            "--status-bind",
-            &bind,
-        ],
-        &[],
-    );
     for _ in 0..10 {
         get(s.nginx.port, "/").unwrap();
     }
