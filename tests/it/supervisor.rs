@@ -1494,6 +1494,22 @@ impl BenchRun {
         assert!(status.is_some(), "bench did not finish: {err}");
         (json, err)
     }
+
+    /// [`BenchRun::finish`], then checks that no request failed (the log shows what the
+    /// server saw when one did); prints `what: N ok, 0 failed` and returns (ok, the report).
+    fn finish_with_none_failed(
+        self,
+        limit: Duration,
+        what: &str,
+        log: &dyn Fn() -> String,
+    ) -> (u64, String) {
+        let (json, err) = self.finish(limit);
+        let failed = report_u64(&json, "error_total");
+        let ok = report_u64(&json, "ok");
+        eprintln!("{what}: {ok} ok, {failed} failed");
+        assert_eq!(failed, 0, "{json}\n{err}\n{}", log());
+        (ok, json)
+    }
 }
 
 /// The integer value of `"key":N` in bench's one-line JSON report.
@@ -1544,11 +1560,11 @@ fn two_rolling_restarts_under_bench_on_kept_connections_fail_no_request() {
         bench.running(),
         "bench ended before the second restart did: raise its -d"
     );
-    let (json, err) = bench.finish(Duration::from_secs(60));
-    let failed = report_u64(&json, "error_total");
-    let ok = report_u64(&json, "ok");
-    eprintln!("two rolling restarts under bench: {ok} ok, {failed} failed");
-    assert_eq!(failed, 0, "{json}\n{err}\n{}", s.server.log());
+    let (ok, json) = bench.finish_with_none_failed(
+        Duration::from_secs(60),
+        "two rolling restarts under bench",
+        &|| s.server.log(),
+    );
     assert!(ok > 600, "{json}");
     let answered: BTreeSet<u32> = s.answered_by().into_iter().collect();
     let (first, last) = (s.pids_of(1..=2), s.pids_of(5..=6));
@@ -1582,14 +1598,13 @@ fn max_requests_recycling_under_bench_on_kept_connections_fails_no_request() {
     );
     // 1500 requests over workers that each serve 150: about ten recycles.
     let bench = BenchRun::start(&s.sock, &["-c", "8", "-n", "1500"]);
-    let (json, err) = bench.finish(Duration::from_secs(120));
-    let failed = report_u64(&json, "error_total");
-    let ok = report_u64(&json, "ok");
-    let recycled = s.server.log().matches("worker exited with code 0").count();
-    eprintln!(
-        "--max-requests 150 under bench: {ok} ok, {failed} failed, {recycled} workers recycled"
+    let (ok, json) = bench.finish_with_none_failed(
+        Duration::from_secs(120),
+        "--max-requests 150 under bench",
+        &|| s.server.log(),
     );
-    assert_eq!(failed, 0, "{json}\n{err}\n{}", s.server.log());
+    let recycled = s.server.log().matches("worker exited with code 0").count();
+    eprintln!("--max-requests 150 under bench: {recycled} workers recycled");
     assert_eq!(ok, 1500, "{json}");
     assert!(recycled >= 4, "workers did not recycle: {}", s.server.log());
     let answered: BTreeSet<u32> = s.answered_by().into_iter().collect();
@@ -1682,11 +1697,11 @@ fn worker_lifetime_replacements_under_bench_on_kept_connections_fail_no_request(
         bench.running(),
         "bench ended before the replacements did: raise its -d"
     );
-    let (json, err) = bench.finish(Duration::from_secs(60));
-    let failed = report_u64(&json, "error_total");
-    let ok = report_u64(&json, "ok");
-    eprintln!("--worker-lifetime under bench: {ok} ok, {failed} failed");
-    assert_eq!(failed, 0, "{json}\n{err}\n{}", s.server.log());
+    let (ok, json) = bench.finish_with_none_failed(
+        Duration::from_secs(60),
+        "--worker-lifetime under bench",
+        &|| s.server.log(),
+    );
     assert!(ok > 300, "{json}");
 }
 
@@ -1701,11 +1716,11 @@ fn a_single_worker_recycled_by_max_requests_has_its_kept_connections_held_until_
         s.server.log()
     );
     let bench = BenchRun::start(&s.sock, &["-c", "8", "-n", "800"]);
-    let (json, err) = bench.finish(Duration::from_secs(120));
-    let failed = report_u64(&json, "error_total");
-    let ok = report_u64(&json, "ok");
-    eprintln!("one worker, --max-requests 200 under bench: {ok} ok, {failed} failed");
-    assert_eq!(failed, 0, "{json}\n{err}\n{}", s.server.log());
+    let (ok, json) = bench.finish_with_none_failed(
+        Duration::from_secs(120),
+        "one worker, --max-requests 200 under bench",
+        &|| s.server.log(),
+    );
     assert_eq!(ok, 800, "{json}");
     assert!(
         s.wait_count("worker exited with code 0", 2, Duration::from_secs(20)),
