@@ -75,15 +75,29 @@ fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let is =
         |a: &std::ffi::OsString, names: &[&str]| a.to_str().is_some_and(|a| names.contains(&a));
-    if args.iter().any(|a| is(a, &["--version", "-V"]))
-        && args.iter().all(|a| is(a, &["--version", "-V", "--json"]))
-    {
-        if args.iter().any(|a| is(a, &["--json"])) {
-            println!("{}", version_json());
-        } else {
-            print!("{}", version_report());
+    const VERSION_ARGS: &[&str] = &["--version", "-V", "--json"];
+    if args.iter().any(|a| is(a, &["--version", "-V"])) {
+        if args.iter().all(|a| is(a, VERSION_ARGS)) {
+            if args.iter().any(|a| is(a, &["--json"])) {
+                println!("{}", version_json());
+            } else {
+                print!("{}", version_report());
+            }
+            return ExitCode::SUCCESS;
         }
-        return ExitCode::SUCCESS;
+        // `pyfcgi --version --jsn`: a typo is named, not answered with the plain report.
+        if args.first().is_some_and(|a| is(a, VERSION_ARGS)) {
+            let others: Vec<_> = args
+                .iter()
+                .filter(|a| !is(a, VERSION_ARGS))
+                .map(|a| a.to_string_lossy())
+                .collect();
+            eprintln!(
+                "pyfcgi: --version takes only --json, not {}: try `pyfcgi --version --json`",
+                others.join(" ")
+            );
+            return ExitCode::from(2);
+        }
     }
     let cli = Cli::parse();
     match cli.command {

@@ -489,6 +489,21 @@ fn man_pages_are_generated_for_pyfcgi_and_each_subcommand() {
 }
 
 #[test]
+fn version_with_an_unknown_argument_names_it_and_exits_2() {
+    for argv in [["--version", "--jsn"], ["-V", "json"]] {
+        let out = run_pyfcgi(&argv, &[], None, LIMIT);
+        assert_eq!(out.code(), Some(2), "{argv:?}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "{argv:?}: {}", out.stdout_str());
+        assert!(
+            out.stderr
+                .contains(&format!("--version takes only --json, not {}", argv[1])),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
 fn version_json_is_one_object_with_the_version_and_revision() {
     for argv in [["--version", "--json"], ["--json", "-V"]] {
         let out = run_pyfcgi(&argv, &[], None, LIMIT);
