@@ -69,13 +69,13 @@ pub(crate) struct CheckArgs {
 }
 
 fn main() -> ExitCode {
+    const VERSION_ARGS: &[&str] = &["--version", "-V", "--json"];
     // Under IIS stdout/stderr are invalid handles: make them NUL before anything can print.
     pyfcgi_server::process::prepare_std_handles();
     // `--version` is ours (clap's prints one line): `--version [--json]`, in either order.
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let is =
         |a: &std::ffi::OsString, names: &[&str]| a.to_str().is_some_and(|a| names.contains(&a));
-    const VERSION_ARGS: &[&str] = &["--version", "-V", "--json"];
     if args.iter().any(|a| is(a, &["--version", "-V"])) {
         if args.iter().all(|a| is(a, VERSION_ARGS)) {
             if args.iter().any(|a| is(a, &["--json"])) {
